@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keyledger/keyledger/domain"
+)
+
+// Config is the service's configuration, from flags and KEYLEDGER_*
+// environment variables.
+type Config struct {
+	DatabaseURL     string
+	HTTPAddr        string
+	AdminToken      string
+	NATSURL         string
+	DataDir         string
+	KeyPrefix       string
+	ShutdownTimeout time.Duration
+	LogLevel        string
+}
+
+// setting is one configurable value: its flag, its environment variable, its
+// default and its help.
+type setting struct {
+	flag, env, def, help string
+	target               *string
+}
+
+func (c *Config) settings() []setting {
+	return []setting{
+		{"database-url", "KEYLEDGER_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/keyledger?sslmode=disable",
+			"Postgres URL of the event store; the database is created if missing and migrated on start", &c.DatabaseURL},
+		{"http-addr", "KEYLEDGER_HTTP_ADDR", "127.0.0.1:8080", "host:port the HTTP API listens on", &c.HTTPAddr},
+		{"nats-url", "KEYLEDGER_NATS_URL", "", "NATS server URL for revocation notices; empty starts an embedded server", &c.NATSURL},
+		{"data-dir", "KEYLEDGER_DATA_DIR", "./data", "directory for the generated admin token, embedded NATS storage and the signing key", &c.DataDir},
+		{"key-prefix", "KEYLEDGER_KEY_PREFIX", domain.DefaultKeyPrefix, "prefix of generated keys: a lowercase letter, then up to 15 lowercase letters or digits", &c.KeyPrefix},
+		{"log-level", "KEYLEDGER_LOG_LEVEL", "info", "log level: debug, info, warn or error", &c.LogLevel},
+	}
+}
+
+// parseConfig reads flags over environment variables over defaults, and
+// validates every value, reporting all the bad ones at once, each by the
+// variable that set it.
+func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer, summary string) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet("keyledger "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	settings := c.settings()
+	for _, s := range settings {
+		def := s.def
+		if v := getenv(s.env); v != "" {
+			def = v
+		}
+		fs.StringVar(s.target, s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+	}
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests before closing them")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: keyledger %s [flags]\n\n%s\n\nFlags:\n", name, summary)
+		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\nKEYLEDGER_ADMIN_TOKEN (environment only, so it stays out of process listings): the bearer token of\nthe management API; if unset, one is generated on first start, printed once and kept in <data-dir>/admin-token.\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	c.AdminToken = getenv("KEYLEDGER_ADMIN_TOKEN")
+	return c, c.validate()
+}
+
+// validate checks every value and names the variable of each bad one.
+func (c Config) validate() error {
+	var errs []error
+	bad := func(env, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", env, fmt.Sprintf(format, args...)))
+	}
+	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+		bad("KEYLEDGER_DATABASE_URL", "not a valid Postgres URL: %v", err)
+	} else if u, err := url.Parse(c.DatabaseURL); err != nil || strings.Trim(u.Path, "/") == "" {
+		bad("KEYLEDGER_DATABASE_URL", "must name a database, as in postgres://user@host:5432/keyledger")
+	}
+	if host, port, err := net.SplitHostPort(c.HTTPAddr); err != nil || port == "" {
+		bad("KEYLEDGER_HTTP_ADDR", "must be host:port, such as 127.0.0.1:8080, got %q", c.HTTPAddr)
+	} else if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		bad("KEYLEDGER_HTTP_ADDR", "host must be an IP address or localhost, got %q", host)
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		bad("KEYLEDGER_ADMIN_TOKEN", "must be at least 16 characters")
+	}
+	if c.NATSURL != "" {
+		u, err := url.Parse(c.NATSURL)
+		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			bad("KEYLEDGER_NATS_URL", "must be a NATS URL such as nats://127.0.0.1:4222, got %q", c.NATSURL)
+		}
+	}
+	if c.DataDir == "" {
+		bad("KEYLEDGER_DATA_DIR", "must not be empty")
+	} else if fi, err := os.Stat(c.DataDir); err == nil && !fi.IsDir() {
+		bad("KEYLEDGER_DATA_DIR", "%s is not a directory", c.DataDir)
+	}
+	if !domain.ValidKeyPrefix(c.KeyPrefix) {
+		bad("KEYLEDGER_KEY_PREFIX", "must be a lowercase letter followed by up to 15 lowercase letters or digits, got %q", c.KeyPrefix)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("KEYLEDGER_LOG_LEVEL", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("--shutdown-timeout: must be positive"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid configuration:\n%w", errors.Join(errs...))
+	}
+	return nil
+}

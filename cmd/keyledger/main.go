@@ -1,0 +1,60 @@
+// Command keyledger is the event-sourced ledger of API keys: one binary that
+// serves the HTTP API and runs the ledger's tools. It is the one place that
+// reads flags and KEYLEDGER_* environment variables and wires the parts
+// together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `keyledger: an event-sourced ledger of API keys.
+
+Usage:
+  keyledger <command> [flags]
+
+Commands:
+  serve     run the HTTP API (generate, list, revoke, verify keys)
+
+Every flag can also be set by the KEYLEDGER_* environment variable named in
+its help; a flag given on the command line wins. Run 'keyledger <command>
+--help' for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keyledger:", err)
+		os.Exit(1)
+	}
+}
+
+// run dispatches a command. It is main without the process: tests call it.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		if len(args) == 0 {
+			return errors.New("no command given")
+		}
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], getenv, stdout, stderr)
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}

@@ -1,0 +1,56 @@
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"net"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/keyledger/keyledger/domain"
+)
+
+// Postgres error codes that keyledger reads.
+const (
+	codeUniqueViolation = "23505"
+)
+
+// Unavailable translates a driver error that means Postgres cannot be reached
+// (a refused or broken connection, a server shutting down, a timeout) into a
+// domain error with code EUnavailable, and returns any other error as it is.
+// Callers in other packages that talk to Postgres use it too, so that one
+// table decides what a 503 is.
+func Unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
+			return wrapUnavailable(err)
+		}
+		return err
+	}
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	if errors.As(err, &connErr) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
+		errors.Is(err, context.DeadlineExceeded) || pgconn.SafeToRetry(err) {
+		return wrapUnavailable(err)
+	}
+	return err
+}
+
+// unavailableError carries the domain error for the client and the driver
+// error for the log.
+type unavailableError struct {
+	domainErr *domain.Error
+	cause     error
+}
+
+func (e unavailableError) Error() string   { return e.domainErr.Error() + ": " + e.cause.Error() }
+func (e unavailableError) Unwrap() []error { return []error{e.domainErr, e.cause} }
+
+func wrapUnavailable(cause error) error {
+	return unavailableError{domain.Errorf(domain.EUnavailable, "the database is unavailable; retry later"), cause}
+}

@@ -1,0 +1,128 @@
+package eventstore
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/keyledger/keyledger/domain"
+)
+
+// Cursor is a place in ledger order: the transaction id and position of the
+// last event read. The zero Cursor is the start of the ledger.
+type Cursor struct {
+	Xid      uint64
+	Position int64
+}
+
+func cursorOf(xid string, position int64) (Cursor, error) {
+	x, err := strconv.ParseUint(xid, 10, 64)
+	if err != nil {
+		return Cursor{}, fmt.Errorf("transaction id %q: %w", xid, err)
+	}
+	return Cursor{Xid: x, Position: position}, nil
+}
+
+// String encodes the cursor as an opaque token for clients.
+func (c Cursor) String() string {
+	return base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf("%d.%d", c.Xid, c.Position)))
+}
+
+// ParseCursor reads a token made by Cursor.String.
+func ParseCursor(s string) (Cursor, error) {
+	bad := domain.Errorf(domain.EInvalid, "the cursor is not one this service returned")
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return Cursor{}, bad
+	}
+	xid, pos, ok := strings.Cut(string(b), ".")
+	if !ok {
+		return Cursor{}, bad
+	}
+	c, err := cursorOf(xid, 0)
+	if err != nil {
+		return Cursor{}, bad
+	}
+	c.Position, err = strconv.ParseInt(pos, 10, 64)
+	if err != nil || c.Position < 0 {
+		return Cursor{}, bad
+	}
+	return c, nil
+}
+
+// belowHorizon keeps a reader to transactions that have all finished, in
+// ledger order. $1 and $2 are the cursor.
+const belowHorizon = `(transaction_id, position) > ($1::text::xid8, $2)
+	AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())`
+
+// Tail returns up to limit events after the cursor, in ledger order, and the
+// cursor of the last one (the given cursor if there are none). Calling it
+// again with that cursor never skips an event, however late it commits.
+func (s *Store) Tail(ctx context.Context, after Cursor, limit int) ([]domain.Event, Cursor, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE `+belowHorizon+`
+		ORDER BY transaction_id, position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
+	return finishTail(rows, err, after)
+}
+
+// OrgEvents is Tail for one organization: its audit log, in ledger order.
+func (s *Store) OrgEvents(ctx context.Context, orgID string, after Cursor, limit int) ([]domain.Event, Cursor, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE org_id = $4 AND `+belowHorizon+`
+		ORDER BY transaction_id, position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit, orgID)
+	return finishTail(rows, err, after)
+}
+
+func finishTail(rows pgx.Rows, err error, after Cursor) ([]domain.Event, Cursor, error) {
+	if err != nil {
+		return nil, after, fmt.Errorf("tail: %w", Unavailable(err))
+	}
+	events, last, err := scanEvents(rows)
+	if err != nil {
+		return nil, after, fmt.Errorf("tail: %w", Unavailable(err))
+	}
+	if len(events) == 0 {
+		return nil, after, nil
+	}
+	return events, last, nil
+}
+
+// ReadAll returns up to limit committed events with a position above after,
+// in position order, through q (a pool, or the transaction of a rebuild that
+// must see the log and write the views atomically). Within one stream,
+// position order is version order. Unlike Tail it does not wait for the
+// horizon: it is for readers that hold the views' locks, so that nothing can
+// commit into what they read.
+func ReadAll(ctx context.Context, q Querier, after int64, limit int) ([]domain.Event, error) {
+	rows, err := q.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE position > $1 ORDER BY position LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, Unavailable(err)
+	}
+	events, _, err := scanEvents(rows)
+	return events, Unavailable(err)
+}
+
+// Querier is what pgxpool.Pool, pgx.Conn and pgx.Tx share for reading.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// OrgLog is OrgEvents with the cursor as the opaque token clients hold: the
+// organization's audit log, a page at a time. after is "" for the start;
+// next is the token to pass to read on, and is returned even when the page is
+// empty, so a client can keep polling.
+func (s *Store) OrgLog(ctx context.Context, orgID, after string, limit int) (events []domain.Event, next string, err error) {
+	var c Cursor
+	if after != "" {
+		if c, err = ParseCursor(after); err != nil {
+			return nil, "", err
+		}
+	}
+	events, c, err = s.OrgEvents(ctx, orgID, c, limit)
+	if err != nil {
+		return nil, "", err
+	}
+	return events, c.String(), nil
+}
