@@ -95,11 +95,7 @@ func (s *Store) Append(ctx context.Context, expected int64, events []domain.Even
 		return nil
 	})
 	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "events_stream_version" {
-			err = domain.ErrConflict
-		}
-		return nil, fmt.Errorf("append %s: %w", keyID, Unavailable(err))
+		return nil, fmt.Errorf("append %s: %w", keyID, appendError(err))
 	}
 	return out, nil
 }
@@ -181,4 +177,67 @@ func scanEvents(rows pgx.Rows) ([]domain.Event, Cursor, error) {
 		events = append(events, e)
 	}
 	return events, last, rows.Err()
+}
+
+// Import appends many new events in one transaction with COPY, and runs the
+// inline projectors on them: the bulk path for loading a ledger (benchmarks,
+// migrations from another system). Every event must be the next version of
+// its stream, as in Append, but versions are checked only by the unique
+// constraint, so a conflict fails the whole import. It returns the events
+// with their positions.
+func (s *Store) Import(ctx context.Context, events []domain.Event) ([]domain.Event, error) {
+	out := make([]domain.Event, len(events))
+	copy(out, events)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows := make([][]any, len(out))
+		for i, e := range out {
+			data, err := json.Marshal(e.Data)
+			if err != nil {
+				return fmt.Errorf("encode %s: %w", e.Type, err)
+			}
+			rows[i] = []any{e.ID, e.OrgID, e.KeyID, e.StreamVersion, e.Type, e.Actor, e.OccurredAt, data}
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"events"},
+			[]string{"id", "org_id", "key_id", "stream_version", "type", "actor", "occurred_at", "data"},
+			pgx.CopyFromRows(rows)); err != nil {
+			return err
+		}
+		ids := make([]string, len(out))
+		for i, e := range out {
+			ids[i] = e.ID
+		}
+		positions := make(map[string]int64, len(out))
+		r, err := tx.Query(ctx, `SELECT id::text, position FROM events WHERE id = ANY($1::uuid[])`, ids)
+		if err != nil {
+			return err
+		}
+		var id string
+		var pos int64
+		if _, err := pgx.ForEachRow(r, []any{&id, &pos}, func() error { positions[id] = pos; return nil }); err != nil {
+			return err
+		}
+		for i := range out {
+			out[i].Position = positions[out[i].ID]
+		}
+		for _, p := range s.inline {
+			if err := p.Apply(ctx, tx, out); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("import %d events: %w", len(events), appendError(err))
+	}
+	return out, nil
+}
+
+// appendError translates a failed append: a unique violation on (key_id,
+// stream_version) is the same conflict as a failed version check.
+func appendError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "events_stream_version" {
+		return domain.ErrConflict
+	}
+	return Unavailable(err)
 }
