@@ -103,8 +103,11 @@ func validateText(field, s string, max int, required bool) error {
 		return Errorf(EInvalid, "%s must be at most %d characters, got %d", field, max, n)
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) {
-			return Errorf(EInvalid, "%s must not contain control characters", field)
+		// Control characters, and invisible format characters such as bidi
+		// overrides and zero-width spaces, which can make a name display as
+		// another one.
+		if unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+			return Errorf(EInvalid, "%s must not contain control or invisible formatting characters", field)
 		}
 	}
 	// strings.TrimSpace decodes runes, so a name of only Unicode spaces

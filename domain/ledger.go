@@ -117,11 +117,18 @@ func (l *Ledger) replay(ctx context.Context, cmd GenerateKey, idempotencyKey str
 
 // requestHash identifies what a generate asked for, so that a retry can be
 // told from another request reusing the Idempotency-Key.
+// The expiry counts as the instant it names, at stored precision, so that
+// one time written in two zones is the same request.
 func requestHash(cmd GenerateKey) string {
+	var expires *time.Time
+	if cmd.ExpiresAt != nil {
+		t := Truncate(*cmd.ExpiresAt)
+		expires = &t
+	}
 	b, _ := json.Marshal(struct {
 		Name      string     `json:"name"`
 		ExpiresAt *time.Time `json:"expires_at"`
-	}{cmd.Name, cmd.ExpiresAt})
+	}{cmd.Name, expires})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

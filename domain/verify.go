@@ -29,8 +29,10 @@ type Verification struct {
 	Key    *Key   // set when valid
 }
 
-// Valid reports whether the key was accepted.
-func (v Verification) Valid() bool { return v.Reason == "" }
+// Valid reports whether the key was accepted. The zero Verification, as
+// returned beside an error, is not valid: a caller that forgets the error
+// still fails closed.
+func (v Verification) Valid() bool { return v.Reason == "" && v.Key != nil }
 
 // Verify checks a presented key against an organization. Malformed input is
 // refused before any lookup; a key of another organization gets the same
