@@ -73,6 +73,7 @@ func New(d Deps) *Server {
 		s.writeError(w, r, domain.Errorf(domain.ENotFound, "no such endpoint"))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", s.allowedMethods(r))
 		writeProblem(w, r, problem{Type: problemTypeBase + "method_not_allowed", Title: "Method Not Allowed",
 			Status: http.StatusMethodNotAllowed, Detail: r.Method + " is not allowed on this path"})
 	})
@@ -149,6 +150,24 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		checks[name] = "ok"
 	}
 	writeJSON(w, status, map[string]any{"ready": status == http.StatusOK, "checks": checks})
+}
+
+// allowedMethods lists the methods served on the request's path, for the
+// Allow header that RFC 9110 requires on a 405 (chi sets it only in its
+// default handler).
+func (s *Server) allowedMethods(r *http.Request) string {
+	path := r.URL.RawPath
+	if path == "" {
+		path = r.URL.Path
+	}
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		if s.router.Match(chi.NewRouteContext(), m, path) {
+			allowed = append(allowed, m)
+		}
+	}
+	return strings.Join(allowed, ", ")
 }
 
 func requestID(r *http.Request) string { return middleware.GetReqID(r.Context()) }

@@ -3,6 +3,7 @@ package eventstore
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -16,8 +17,9 @@ const (
 )
 
 // Unavailable translates a driver error that means Postgres cannot be reached
-// (a refused or broken connection, a server shutting down, a timeout) into a
-// domain error with code EUnavailable, and returns any other error as it is.
+// (a refused or broken connection, a connection that ends in the middle of a
+// reply, a server shutting down, a timeout) into a domain error with code
+// EUnavailable, and returns any other error as it is.
 // Callers in other packages that talk to Postgres use it too, so that one
 // table decides what a 503 is.
 func Unavailable(err error) error {
@@ -35,7 +37,8 @@ func Unavailable(err error) error {
 	var connErr *pgconn.ConnectError
 	var netErr net.Error
 	if errors.As(err, &connErr) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
-		errors.Is(err, context.DeadlineExceeded) || pgconn.SafeToRetry(err) {
+		errors.Is(err, context.DeadlineExceeded) || pgconn.SafeToRetry(err) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		return wrapUnavailable(err)
 	}
 	return err
