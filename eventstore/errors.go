@@ -14,6 +14,7 @@ import (
 // Postgres error codes that keyledger reads.
 const (
 	codeUniqueViolation = "23505"
+	codeVersionMismatch = "KL409" // raised by expect_stream_version (migration 00003)
 )
 
 // Unavailable translates a driver error that means Postgres cannot be reached

@@ -14,12 +14,14 @@ import (
 	"github.com/keyledger/keyledger/domain"
 )
 
-// Projector keeps a view current. Apply receives committed-to-be events in
-// ledger order, inside the transaction that appends them (or that rebuilds
-// the view), and must be idempotent: applying an event twice leaves the view
-// as applying it once.
+// Projector keeps a view current. Queue adds to b the statements that apply
+// events, in ledger order; b is then sent in the transaction that appends the
+// events (or that rebuilds the view), in one round trip. Positions are not
+// known yet when Queue runs; a statement that needs one reads it from the
+// events table, in the same transaction. The statements must be idempotent:
+// applying an event twice leaves the view as applying it once.
 type Projector interface {
-	Apply(ctx context.Context, tx pgx.Tx, events []domain.Event) error
+	Queue(b *pgx.Batch, events []domain.Event) error
 }
 
 // Store is the Postgres event store. It implements domain.EventStore.
@@ -59,6 +61,15 @@ func (s *Store) Load(ctx context.Context, orgID, keyID string) ([]domain.Event, 
 // Append commits events to the end of their stream (all events of one call
 // belong to one key), which must stand at version expected. It returns the
 // events with their positions.
+//
+// The transaction takes two round trips: BEGIN, the version check, the
+// idempotency claim, the inserts and the inline projectors' statements go as
+// one pipelined batch, then COMMIT. COMMIT is kept apart so that Postgres
+// commits only what a client still connected asks it to: a batch that ended
+// in an implicit commit would commit after its client had gone, and a command
+// answered 503 would have taken effect. A new stream (expected 0) needs no
+// version check: the primary key on (key_id, stream_version) refuses a second
+// version 1.
 func (s *Store) Append(ctx context.Context, expected int64, events []domain.Event, idem *domain.IdempotencyRecord) ([]domain.Event, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -71,68 +82,70 @@ func (s *Store) Append(ctx context.Context, expected int64, events []domain.Even
 	}
 	out := make([]domain.Event, len(events))
 	copy(out, events)
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var current int64
-		if err := tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE key_id = $1`, keyID).Scan(&current); err != nil {
-			return err
-		}
-		if current != expected {
-			return domain.ErrConflict
-		}
-		if idem != nil {
-			if err := claimIdempotency(ctx, tx, idem); err != nil {
-				return err
-			}
-		}
-		if err := insertEvents(ctx, tx, out); err != nil {
-			return err
-		}
-		for _, p := range s.inline {
-			if err := p.Apply(ctx, tx, out); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	if expected > 0 {
+		b.Queue(`SELECT expect_stream_version($1, $2)`, keyID, expected)
+	}
+	if idem != nil {
+		claimIdempotency(b, idem)
+	}
+	if err := s.queueEvents(b, out); err != nil {
+		return nil, fmt.Errorf("append %s: %w", keyID, err)
+	}
+	if err := sendAndCommit(ctx, s.pool, b); err != nil {
 		return nil, fmt.Errorf("append %s: %w", keyID, appendError(err))
 	}
 	return out, nil
 }
 
-// insertEvents inserts events and sets their positions.
-func insertEvents(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
-	batch := &pgx.Batch{}
+// sendAndCommit sends a batch that begins a transaction, then commits it, or
+// rolls it back if any statement failed.
+func sendAndCommit(ctx context.Context, pool *pgxpool.Pool, b *pgx.Batch) error {
+	br := pool.SendBatch(ctx, b)
+	tx := br.Tx()
+	err := br.Close()
+	if tx == nil { // the batch never began: no connection, or no BEGIN
+		return err
+	}
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// queueEvents queues the inserts of events, which set their positions when
+// the batch runs, and the inline projectors' statements.
+func (s *Store) queueEvents(b *pgx.Batch, events []domain.Event) error {
 	for i := range events {
 		e := &events[i]
 		data, err := json.Marshal(e.Data)
 		if err != nil {
 			return fmt.Errorf("encode %s: %w", e.Type, err)
 		}
-		batch.Queue(`INSERT INTO events (id, org_id, key_id, stream_version, type, actor, occurred_at, data)
+		b.Queue(`INSERT INTO events (id, org_id, key_id, stream_version, type, actor, occurred_at, data)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING position`,
 			e.ID, e.OrgID, e.KeyID, e.StreamVersion, e.Type, e.Actor, e.OccurredAt, data,
 		).QueryRow(func(row pgx.Row) error { return row.Scan(&e.Position) })
 	}
-	return tx.SendBatch(ctx, batch).Close()
-}
-
-// claimIdempotency writes an idempotency record, or takes over one older than
-// the window. A live record of another request means the key is taken.
-func claimIdempotency(ctx context.Context, tx pgx.Tx, r *domain.IdempotencyRecord) error {
-	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (org_id, idem_key, request_hash, key_id, created_at)
-		VALUES ($1, $2, $3, $4, now())
-		ON CONFLICT (org_id, idem_key) DO UPDATE
-			SET request_hash = excluded.request_hash, key_id = excluded.key_id, created_at = excluded.created_at
-			WHERE idempotency_keys.created_at < now() - $5::interval`,
-		r.OrgID, r.Key, r.RequestHash, r.KeyID, domain.IdempotencyWindow.String())
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
-		return domain.ErrIdempotencyTaken
+	for _, p := range s.inline {
+		if err := p.Queue(b, events); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// claimIdempotency queues the claim of an idempotency key: a record older
+// than the window is dropped, then the insert fails on the primary key if a
+// live record holds the key (appendError reads that as
+// domain.ErrIdempotencyTaken).
+func claimIdempotency(b *pgx.Batch, r *domain.IdempotencyRecord) {
+	b.Queue(`DELETE FROM idempotency_keys WHERE org_id = $1 AND idem_key = $2 AND created_at < now() - $3::interval`,
+		r.OrgID, r.Key, domain.IdempotencyWindow.String())
+	b.Queue(`INSERT INTO idempotency_keys (org_id, idem_key, request_hash, key_id) VALUES ($1, $2, $3, $4)`,
+		r.OrgID, r.Key, r.RequestHash, r.KeyID)
 }
 
 // LookupIdempotency returns the record of an idempotency key used at or after
@@ -219,10 +232,14 @@ func (s *Store) Import(ctx context.Context, events []domain.Event) ([]domain.Eve
 		for i := range out {
 			out[i].Position = positions[out[i].ID]
 		}
+		b := &pgx.Batch{}
 		for _, p := range s.inline {
-			if err := p.Apply(ctx, tx, out); err != nil {
+			if err := p.Queue(b, out); err != nil {
 				return err
 			}
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
 		}
 		return nil
 	})
@@ -233,11 +250,18 @@ func (s *Store) Import(ctx context.Context, events []domain.Event) ([]domain.Eve
 }
 
 // appendError translates a failed append: a unique violation on (key_id,
-// stream_version) is the same conflict as a failed version check.
+// stream_version) is the same conflict as a failed version check, and a
+// unique violation on the idempotency key means another request holds it.
 func appendError(err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "events_stream_version" {
-		return domain.ErrConflict
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == codeVersionMismatch,
+			pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "events_stream_version":
+			return domain.ErrConflict
+		case pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "idempotency_keys_pkey":
+			return domain.ErrIdempotencyTaken
+		}
 	}
 	return Unavailable(err)
 }

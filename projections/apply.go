@@ -1,7 +1,6 @@
 package projections
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -22,38 +21,59 @@ var (
 	_ eventstore.Projector = KeyLookup{}
 )
 
-// Apply applies events in ledger order, one statement per run of events of
-// one type: within such a run no two events touch one key in a way whose
-// order matters, and a rebuild applies thousands of events per statement.
-// Every step is guarded by the key's version, so a replayed event changes
-// nothing.
-func (KeyList) Apply(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
-	return applyRuns(ctx, tx, events, map[string]func(context.Context, pgx.Tx, []domain.Event) error{
+// step queues the statement that applies a run of events of one type.
+type step func(b *pgx.Batch, events []domain.Event) error
+
+// Queue queues the statements that apply events to the key list; see
+// queueSteps.
+func (KeyList) Queue(b *pgx.Batch, events []domain.Event) error {
+	return queueSteps(b, events, map[string]step{
 		domain.TypeKeyGenerated: listGenerated,
 		domain.TypeKeyRevoked:   listRevoked,
 	})
 }
 
-// Apply applies events to the lookup view; see KeyList.Apply.
-func (KeyLookup) Apply(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
-	return applyRuns(ctx, tx, events, map[string]func(context.Context, pgx.Tx, []domain.Event) error{
+// Queue queues the statements that apply events to the lookup view; see
+// queueSteps.
+func (KeyLookup) Queue(b *pgx.Batch, events []domain.Event) error {
+	return queueSteps(b, events, map[string]step{
 		domain.TypeKeyGenerated: lookupGenerated,
 		domain.TypeKeyRevoked:   lookupRevoked,
 	})
 }
 
-func applyRuns(ctx context.Context, tx pgx.Tx, events []domain.Event, steps map[string]func(context.Context, pgx.Tx, []domain.Event) error) error {
-	for start := 0; start < len(events); {
+// queueSteps queues one statement per run of events of one type, so that a
+// rebuild applies thousands of events per statement. Every key.generated
+// goes first, in one statement: it is the first event of its stream, so no
+// other event of the same key can precede it. The others keep ledger order.
+// Every step is guarded by the key's version, so a replayed event changes
+// nothing.
+func queueSteps(b *pgx.Batch, events []domain.Event, steps map[string]step) error {
+	generated := make([]domain.Event, 0, len(events))
+	rest := make([]domain.Event, 0, len(events))
+	for _, e := range events {
+		if e.Type == domain.TypeKeyGenerated {
+			generated = append(generated, e)
+		} else {
+			rest = append(rest, e)
+		}
+	}
+	if len(generated) > 0 {
+		if err := steps[domain.TypeKeyGenerated](b, generated); err != nil {
+			return fmt.Errorf("apply %s: %w", domain.TypeKeyGenerated, err)
+		}
+	}
+	for start := 0; start < len(rest); {
 		end := start + 1
-		for end < len(events) && events[end].Type == events[start].Type {
+		for end < len(rest) && rest[end].Type == rest[start].Type {
 			end++
 		}
-		step, ok := steps[events[start].Type]
+		apply, ok := steps[rest[start].Type]
 		if !ok {
-			return fmt.Errorf("projection: no apply step for %q", events[start].Type)
+			return fmt.Errorf("projection: no apply step for %q", rest[start].Type)
 		}
-		if err := step(ctx, tx, events[start:end]); err != nil {
-			return fmt.Errorf("apply %s: %w", events[start].Type, err)
+		if err := apply(b, rest[start:end]); err != nil {
+			return fmt.Errorf("apply %s: %w", rest[start].Type, err)
 		}
 		start = end
 	}
@@ -115,50 +135,50 @@ func revoked(events []domain.Event) (revokedColumns, error) {
 	return c, nil
 }
 
-func listGenerated(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
+func listGenerated(b *pgx.Batch, events []domain.Event) error {
 	c, err := generated(events)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO key_list (org_id, key_id, name, masked, key_hash, created_at, expires_at, version)
+	b.Queue(`INSERT INTO key_list (org_id, key_id, name, masked, key_hash, created_at, expires_at, version)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[], $7::timestamptz[], $8::bigint[])
 		ON CONFLICT (org_id, key_id) DO NOTHING`,
 		c.orgs, c.ids, c.names, c.masked, c.hashes, c.created, c.expires, c.versions)
-	return err
+	return nil
 }
 
-func listRevoked(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
+func listRevoked(b *pgx.Batch, events []domain.Event) error {
 	c, err := revoked(events)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `UPDATE key_list AS l SET revoked_at = u.at, revoke_reason = u.reason, version = u.version
+	b.Queue(`UPDATE key_list AS l SET revoked_at = u.at, revoke_reason = u.reason, version = u.version
 		FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[]) AS u(org_id, key_id, at, reason, version)
 		WHERE l.org_id = u.org_id AND l.key_id = u.key_id AND l.version < u.version`,
 		c.orgs, c.ids, c.at, c.reasons, c.versions)
-	return err
+	return nil
 }
 
-func lookupGenerated(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
+func lookupGenerated(b *pgx.Batch, events []domain.Event) error {
 	c, err := generated(events)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO key_lookup (org_id, key_id, name, masked, key_hash, created_at, expires_at, version)
+	b.Queue(`INSERT INTO key_lookup (org_id, key_id, name, masked, key_hash, created_at, expires_at, version)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[], $7::timestamptz[], $8::bigint[])
 		ON CONFLICT (key_hash) DO NOTHING`,
 		c.orgs, c.ids, c.names, c.masked, c.hashes, c.created, c.expires, c.versions)
-	return err
+	return nil
 }
 
-func lookupRevoked(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
+func lookupRevoked(b *pgx.Batch, events []domain.Event) error {
 	c, err := revoked(events)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `UPDATE key_lookup AS l SET revoked_at = u.at, version = u.version
+	b.Queue(`UPDATE key_lookup AS l SET revoked_at = u.at, version = u.version
 		FROM unnest($1::bytea[], $2::timestamptz[], $3::bigint[]) AS u(key_hash, at, version)
 		WHERE l.key_hash = u.key_hash AND l.version < u.version`,
 		c.hashes, c.at, c.versions)
-	return err
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -117,9 +118,11 @@ func TestApplyingAnEventTwiceLeavesTheViewsAsOnce(t *testing.T) {
 	require.NoError(t, err)
 	tx, err := b.pool.Begin(context.Background())
 	require.NoError(t, err)
+	batch := &pgx.Batch{}
 	for _, p := range []eventstore.Projector{projections.KeyList{}, projections.KeyLookup{}} {
-		require.NoError(t, p.Apply(context.Background(), tx, events))
+		require.NoError(t, p.Queue(batch, events))
 	}
+	require.NoError(t, tx.SendBatch(context.Background(), batch).Close())
 	require.NoError(t, tx.Commit(context.Background()))
 	require.Equal(t, before, dump(t, b.pool))
 }

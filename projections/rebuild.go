@@ -34,10 +34,14 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, progress func(events int))
 			if len(events) == 0 {
 				return nil
 			}
+			b := &pgx.Batch{}
 			for _, p := range projectors {
-				if err := p.Apply(ctx, tx, events); err != nil {
+				if err := p.Queue(b, events); err != nil {
 					return fmt.Errorf("rebuild: %w", err)
 				}
+			}
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				return fmt.Errorf("rebuild: %w", err)
 			}
 			after = events[len(events)-1].Position
 			total += len(events)

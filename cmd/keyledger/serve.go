@@ -13,16 +13,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/keyledger/keyledger/api"
-	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
-	"github.com/keyledger/keyledger/projections"
+	"github.com/keyledger/keyledger/internal/service"
 )
 
 const serveSummary = `Runs the HTTP API: creates the database if missing, applies migrations, and
@@ -58,22 +53,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer pool.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
-	views := projections.NewViews(pool)
-	server := api.New(api.Deps{
-		Commands:   &domain.Ledger{Store: store, KeyPrefix: cfg.KeyPrefix, Now: time.Now},
-		Keys:       views,
-		Lookup:     views,
-		Events:     store,
-		AdminToken: token,
-		KeyPrefix:  cfg.KeyPrefix,
-		Now:        time.Now,
-		Logger:     log,
-		Registry:   reg,
-		Ready:      map[string]api.Check{"database": pool.Ping},
-	})
+	server := service.NewHandler(pool, service.Options{AdminToken: token, KeyPrefix: cfg.KeyPrefix, Logger: log})
 	return listenAndServe(ctx, cfg, server, log, stdout)
 }
 
@@ -106,15 +86,7 @@ func listenAndServe(ctx context.Context, cfg Config, h http.Handler, log *slog.L
 	if err != nil {
 		return fmt.Errorf("KEYLEDGER_HTTP_ADDR: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := service.NewHTTPServer(h, log)
 	fmt.Fprintf(stdout, "keyledger: serving on http://%s\n", ln.Addr())
 	log.Info("serving", slog.String("addr", ln.Addr().String()))
 	errc := make(chan error, 1)

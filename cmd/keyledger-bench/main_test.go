@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keyledger/keyledger/domain"
+)
+
+func TestBenchDatabaseNeverIsTheServiceDatabase(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		url, name, wantURL, wantDB string
+		wantErr                    bool
+	}{
+		{url: "postgres://postgres@127.0.0.1:5432/keyledger?sslmode=disable",
+			wantURL: "postgres://postgres@127.0.0.1:5432/keyledger_bench?sslmode=disable", wantDB: "keyledger_bench"},
+		{url: "postgres://u:secret@db:5432/prod?sslmode=require&pool_max_conns=8", name: "scratch",
+			wantURL: "postgres://u:secret@db:5432/scratch?sslmode=require&pool_max_conns=8", wantDB: "scratch"},
+		{url: "postgres://postgres@127.0.0.1:5432/keyledger", name: "keyledger", wantErr: true},
+		{url: "postgres://postgres@127.0.0.1:5432/", wantErr: true},
+		{url: "not a url", wantErr: true},
+	} {
+		gotURL, gotDB, err := benchDatabaseURL(tc.url, tc.name)
+		if tc.wantErr {
+			require.Error(t, err, tc.url)
+			continue
+		}
+		require.NoError(t, err, tc.url)
+		require.Equal(t, tc.wantURL, gotURL)
+		require.Equal(t, tc.wantDB, gotDB)
+	}
+	require.NotContains(t, redactURL("postgres://u:secret@db/x"), "secret")
+}
+
+func TestParseConfigTakesFlagsAroundTheScenario(t *testing.T) {
+	t.Parallel()
+	env := func(string) string { return "" }
+	var stderr bytes.Buffer
+	c, err := parseConfig([]string{"--duration", "3s", "verify", "--verify-keys", "10"}, env, &stderr)
+	require.NoError(t, err)
+	require.Equal(t, "verify", c.scenario)
+	require.Equal(t, 3*time.Second, c.duration)
+	require.Equal(t, 10, c.verifyKeys)
+	require.Equal(t, "keyledger_bench", c.benchDB)
+	require.Equal(t, "keyledger_bench_scratch", c.scratchDB)
+	require.Contains(t, c.scratchURL, "/keyledger_bench_scratch?")
+
+	_, err = parseConfig([]string{"--help"}, env, &stderr)
+	require.True(t, errors.Is(err, flag.ErrHelp))
+	for _, f := range []string{"-duration", "-reload", "-fresh", "-pool-conns", "-explain"} {
+		require.Contains(t, stderr.String(), f)
+	}
+
+	_, err = parseConfig([]string{"nope"}, env, &stderr)
+	require.ErrorContains(t, err, "unknown scenario")
+	_, err = parseConfig([]string{"list", "--list-org-keys", "10", "--list-total-keys", "5"}, env, &stderr)
+	require.ErrorContains(t, err, "--list-total-keys")
+}
+
+func TestPercentileIsNearestRank(t *testing.T) {
+	t.Parallel()
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	require.Equal(t, 50*time.Millisecond, percentile(ds, 0.50))
+	require.Equal(t, 99*time.Millisecond, percentile(ds, 0.99))
+	require.Equal(t, 100*time.Millisecond, percentile(ds, 1))
+	require.Zero(t, percentile(nil, 0.99))
+}
+
+func TestListDatasetShape(t *testing.T) {
+	t.Parallel()
+	ds := &listDataset{org: listOrg, orgKeys: 1000, totalKeys: 10000}
+	now := time.Now()
+	spec := listKeySpec(ds, now)
+	inOrg, revoked, expired := 0, 0, 0
+	var prev time.Time
+	for i := range ds.totalKeys {
+		s := spec(i)
+		if s.org == ds.org {
+			inOrg++
+		}
+		require.True(t, s.created.After(prev), "keys are created in load order")
+		prev = s.created
+		require.True(t, s.created.Before(now))
+		require.NoError(t, domain.GenerateKey{OrgID: s.org, Name: s.name}.Validate(now), "name %q", s.name)
+		if s.expires != nil {
+			require.True(t, s.expires.After(s.created), "expiry after creation")
+			if s.expires.Before(now) {
+				expired++
+			}
+		}
+		if s.revoked != nil {
+			revoked++
+			require.False(t, s.revoked.Before(s.created))
+		}
+	}
+	require.Equal(t, ds.orgKeys, inOrg)
+	require.InDelta(t, 0.15, float64(revoked)/float64(ds.totalKeys), 0.02)
+	require.InDelta(t, 0.10, float64(expired)/float64(ds.totalKeys), 0.02)
+	require.Equal(t, spec(42), spec(42), "the data set is reproducible")
+}
+
+func TestSearchTermsMatchRealisticFractions(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(1, 1))
+	const n = 20000
+	names := make([]string, n)
+	for i := range names {
+		names[i] = strings.ToLower(keyName(r))
+	}
+	frac := func(term string) float64 {
+		m := 0
+		for _, name := range names {
+			if strings.Contains(name, term) {
+				m++
+			}
+		}
+		return float64(m) / n
+	}
+	require.Greater(t, frac("production"), 0.15)
+	require.Less(t, frac("payments"), 0.05)
+	require.Greater(t, frac("payments"), 0.005)
+	require.Zero(t, frac("no-such-key-name"))
+}
+
+func TestBuildKeyUsesTheDomainFormat(t *testing.T) {
+	t.Parallel()
+	at := time.Now().Add(-time.Hour)
+	k := buildKey(keySpec{org: "o", name: "n", created: at, revoked: &at})
+	require.True(t, domain.CheckKeyFormat(domain.DefaultKeyPrefix, k.secret))
+	require.Len(t, k.events, 2)
+	g := k.events[0].Data.(domain.KeyGenerated)
+	require.Equal(t, domain.HashKey(k.secret).String(), g.KeyHash)
+	require.Equal(t, domain.MaskKey(k.secret), g.Masked)
+	require.Equal(t, int64(2), k.events[1].StreamVersion)
+	require.Equal(t, g.KeyHash, k.events[1].Data.(domain.KeyRevoked).KeyHash)
+	for _, e := range k.events {
+		b, err := e.MarshalJSON()
+		require.NoError(t, err)
+		require.NotContains(t, string(b), k.secret, "no plaintext in events")
+	}
+}
+
+func TestThousands(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "1,000,000", thousands(1000000))
+	require.Equal(t, "999", thousands(999))
+	require.Equal(t, "-12,345", thousands(-12345))
+}

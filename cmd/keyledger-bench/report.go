@@ -1,0 +1,103 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// result is one scenario's verdict, printed as one JSON line. The first six
+// fields are the contract; the rest help a reader.
+type result struct {
+	Scenario string  `json:"scenario"`
+	Value    float64 `json:"value"`
+	Baseline float64 `json:"baseline"`
+	Ratio    float64 `json:"ratio"`
+	Target   float64 `json:"target"`
+	OK       bool    `json:"ok"`
+
+	Unit          string  `json:"unit"`
+	Criterion     string  `json:"criterion"`
+	TargetP99ms   float64 `json:"target_p99_ms,omitempty"`
+	P50ms         float64 `json:"p50_ms"`
+	P99ms         float64 `json:"p99_ms"`
+	BaselineP50ms float64 `json:"baseline_p50_ms"`
+	BaselineP99ms float64 `json:"baseline_p99_ms"`
+	Requests      int     `json:"requests"`
+	Errors        int     `json:"errors"`
+	BaselineErrs  int     `json:"baseline_errors"`
+	// PgCPUus and BaselinePgCPUus are the CPU time the Postgres backends
+	// spent per successful operation (omitted when Postgres is remote).
+	PgCPUus         float64 `json:"pg_cpu_us_per_op,omitempty"`
+	BaselinePgCPUus float64 `json:"baseline_pg_cpu_us_per_op,omitempty"`
+	Clients         int     `json:"clients"`
+	DurationS       float64 `json:"duration_s"`
+	// LoadAvg1m is the machine's 1-minute load average when the scenario
+	// started: other work on the machine makes every figure noisier.
+	LoadAvg1m float64 `json:"loadavg_1m"`
+}
+
+// loadAvg returns the 1-minute load average, or 0 where /proc has none.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+func round(v float64, digits int) float64 {
+	p := math.Pow(10, float64(digits))
+	return math.Round(v*p) / p
+}
+
+func ratio(value, baseline float64) float64 {
+	if baseline == 0 {
+		return 0
+	}
+	return round(value/baseline, 3)
+}
+
+// printRun prints one measured run on one line.
+func printRun(w io.Writer, r *loadRun, unit string) {
+	pg := ""
+	if r.pgCPUPerOp() >= 1 {
+		pg = fmt.Sprintf(", Postgres CPU %.0f µs/op", r.pgCPUPerOp())
+	}
+	fmt.Fprintf(w, "  %-34s %10.1f %-6s p50 %8.3f ms  p99 %8.3f ms  (%d ok, %d errors, %d clients, %.1fs%s)\n",
+		r.label, r.rate(), unit, ms(r.pct(0.50)), ms(r.pct(0.99)), r.ok, r.errors(), r.clients, r.wall.Seconds(), pg)
+	if r.errors() > 0 {
+		fmt.Fprintf(w, "    errors: %s\n", r.failureSummary())
+	}
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "MISSED"
+}
+
+// printSummary ends the output: one JSON line per scenario.
+func printSummary(w io.Writer, results []result) {
+	if len(results) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // keep "ratio >= 0.5" readable
+	for _, r := range results {
+		if err := enc.Encode(r); err != nil {
+			panic(err) // a struct of numbers and strings always encodes
+		}
+	}
+}

@@ -1,0 +1,62 @@
+// Package service assembles the keyledger service from its parts: the event
+// store with its inline projections, the views, the ledger and the HTTP API.
+// cmd/keyledger serves what it builds; cmd/keyledger-bench measures the very
+// same thing. It reads no configuration: its callers pass every value.
+package service
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/keyledger/keyledger/api"
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/projections"
+)
+
+// Options are the values the service is built with.
+type Options struct {
+	AdminToken string
+	KeyPrefix  string
+	Logger     *slog.Logger
+}
+
+// NewHandler builds the HTTP API on a migrated database, with its own metrics
+// registry (including the Go runtime and process collectors).
+func NewHandler(pool *pgxpool.Pool, o Options) *api.Server {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
+	views := projections.NewViews(pool)
+	return api.New(api.Deps{
+		Commands:   &domain.Ledger{Store: store, KeyPrefix: o.KeyPrefix, Now: time.Now},
+		Keys:       views,
+		Lookup:     views,
+		Events:     store,
+		AdminToken: o.AdminToken,
+		KeyPrefix:  o.KeyPrefix,
+		Now:        time.Now,
+		Logger:     o.Logger,
+		Registry:   reg,
+		Ready:      map[string]api.Check{"database": pool.Ping},
+	})
+}
+
+// NewHTTPServer wraps h in an http.Server with the timeouts keyledger serves
+// with: a slow client cannot hold a connection open for ever.
+func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
