@@ -41,8 +41,12 @@ func EnsureDatabase(ctx context.Context, url string) error {
 		return nil
 	}
 	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	// Another instance won the race: before our CREATE looked (duplicate
+	// database) or while it ran (a unique violation on the catalog's name
+	// index, raised once the winner commits).
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42P04" { // duplicate_database: another instance won the race
+	if errors.As(err, &pgErr) && (pgErr.Code == "42P04" ||
+		pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "pg_database_datname_index") {
 		return nil
 	}
 	if err != nil {

@@ -183,3 +183,43 @@ func TestListFiltersByStatusAtTheGivenTime(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, page.Keys, counts[domain.StatusExpired]+counts[domain.StatusExpiresSoon])
 }
+
+func TestConcurrentLookupsEachGetTheirOwnKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	secrets := b.populate(t, 40)
+	views := projections.NewViews(pgtest.PoolFor(t, pgtest.NewDatabase(t), 2))
+	views.Close() // a closed reader refuses, and says the service is unavailable
+	_, err := views.LookupKey(context.Background(), domain.HashKey(domain.NewKeySecret("kl")))
+	require.Equal(t, domain.EUnavailable, domain.ErrorCode(err))
+
+	ctx := context.Background()
+	type probe struct {
+		id     string
+		secret string
+	}
+	var probes []probe
+	for id, secret := range secrets {
+		probes = append(probes, probe{id, secret}, probe{id, secret}) // the same key twice in flight
+		probes = append(probes, probe{"", domain.NewKeySecret("kl")}) // and unknown keys
+	}
+	errs := make(chan error, len(probes))
+	for _, p := range probes {
+		go func() {
+			k, err := b.views.LookupKey(ctx, domain.HashKey(p.secret))
+			switch {
+			case err != nil:
+				errs <- err
+			case p.id == "" && k != nil:
+				errs <- fmt.Errorf("an unknown key found %s", k.ID)
+			case p.id != "" && (k == nil || k.ID != p.id || !k.Hash.Equal(domain.HashKey(p.secret))):
+				errs <- fmt.Errorf("key %s: got %+v", p.id, k)
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range probes {
+		require.NoError(t, <-errs)
+	}
+}

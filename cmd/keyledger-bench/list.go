@@ -290,18 +290,43 @@ func printTerms(w io.Writer, r *loadRun) {
 	}
 }
 
-// listSQL is the statement projections.Views.ListKeys sends for a search with
-// status=active (keep in step with it), as a prepared statement.
-const listSQL = `PREPARE bench_list(text, text, timestamptz, bigint) AS
-SELECT org_id, key_id, name, masked, key_hash, created_at, expires_at, revoked_at, revoke_reason, version
-FROM key_list WHERE org_id = $1 AND name ILIKE $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
-ORDER BY created_at DESC, key_id DESC LIMIT $4`
+// listWalk is projections' listWalk (keep in step with it): how many of the
+// organization's newest keys the first statement of a search walks.
+const listWalk = 5000
 
-// explainList prints the plan and timing of the search query for each term,
-// both as a custom plan (planned for the term) and as the generic plan a
-// cached prepared statement may switch to after five executions.
+// listSQL holds the statements projections.Views.ListKeys sends for a search
+// with status=active (keep in step with it), as prepared statements:
+// bench_walk walks the newest listWalk keys, and bench_rest, which runs only
+// when the walk finds fewer keys than a page needs, lists those older than
+// the last key walked.
+const listSQL = `PREPARE bench_walk(text, text, timestamptz, bigint, bigint) AS
+SELECT k.org_id, k.key_id, k.name, k.masked, k.key_hash, k.created_at, k.expires_at, k.revoked_at, k.revoke_reason, k.version, p.hit FROM (
+	(SELECT key_id, created_at, true AS hit FROM (
+		SELECT key_id, created_at, name, revoked_at, expires_at FROM key_list WHERE org_id = $1
+		ORDER BY created_at DESC, key_id DESC LIMIT $4) walked
+	WHERE name ILIKE $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
+	ORDER BY created_at DESC, key_id DESC LIMIT $5)
+	UNION ALL
+	(SELECT key_id, created_at, false FROM key_list WHERE org_id = $1
+	ORDER BY created_at DESC, key_id DESC OFFSET $4 - 1 LIMIT 1)
+	LIMIT $5) p
+JOIN key_list k ON k.org_id = $1 AND k.key_id = p.key_id
+ORDER BY p.created_at DESC, p.key_id DESC;
+PREPARE bench_rest(text, text, timestamptz, timestamptz, text, bigint) AS
+SELECT k.org_id, k.key_id, k.name, k.masked, k.key_hash, k.created_at, k.expires_at, k.revoked_at, k.revoke_reason, k.version FROM (
+	SELECT key_id, created_at FROM key_list
+	WHERE org_id = $1 AND (created_at, key_id) < ($4, $5) AND name ILIKE $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
+	ORDER BY created_at DESC, key_id DESC LIMIT $6) p
+JOIN key_list k ON k.org_id = $1 AND k.key_id = p.key_id
+ORDER BY p.created_at DESC, p.key_id DESC`
+
+// explainList prints the plan and timing of the search's statements for each
+// term (bench_rest only where bench_walk does not fill the page), both as
+// custom plans (planned for the term, as ListKeys has them) and as the
+// generic plans a cached prepared statement may switch to after five
+// executions.
 func (b *bench) explainList(ctx context.Context, ds *listDataset, w io.Writer) error {
-	// A connection of its own, so that the prepared statement and the
+	// A connection of its own, so that the prepared statements and the
 	// setting never meet a pooled connection.
 	c, err := pgx.Connect(ctx, b.data.url)
 	if err != nil {
@@ -311,26 +336,66 @@ func (b *bench) explainList(ctx context.Context, ds *listDataset, w io.Writer) e
 	if _, err := c.Exec(ctx, listSQL, pgx.QueryExecModeSimpleProtocol); err != nil {
 		return err
 	}
+	// The last key the walk reaches; none if the organization has fewer keys,
+	// and then the walk is all there is.
+	var lastAt time.Time
+	var lastID string
+	err = c.QueryRow(ctx, `SELECT created_at, key_id FROM key_list WHERE org_id = $1
+		ORDER BY created_at DESC, key_id DESC OFFSET $2 LIMIT 1`, ds.org, listWalk-1).Scan(&lastAt, &lastID)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
 	activeAfter := time.Now().Add(domain.ExpiresSoonWindow).UTC().Format(time.RFC3339Nano)
+	want := domain.DefaultPageSize + 1
+	explain := func(mode, t, stmt string) error {
+		rows, err := c.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS) "+stmt, pgx.QueryExecModeSimpleProtocol)
+		if err != nil {
+			return err
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "\n  EXPLAIN (%s plan) q=%q: %s\n", mode, t, stmt)
+		for _, l := range lines {
+			fmt.Fprintf(w, "    %s\n", l)
+		}
+		return nil
+	}
 	for _, mode := range []string{"custom", "generic"} {
 		if _, err := c.Exec(ctx, "SET plan_cache_mode = force_"+mode+"_plan", pgx.QueryExecModeSimpleProtocol); err != nil {
 			return err
 		}
 		for _, t := range listSearchTerms {
-			like := "%" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(t) + "%"
-			q := fmt.Sprintf("EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_list(%s, %s, %s, %d)",
-				literal(ds.org), literal(like), literal(activeAfter), domain.DefaultPageSize+1)
-			rows, err := c.Query(ctx, q, pgx.QueryExecModeSimpleProtocol)
+			like := literal("%" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(t) + "%")
+			walk := fmt.Sprintf("EXECUTE bench_walk(%s, %s, %s, %d, %d)", literal(ds.org), like, literal(activeAfter), listWalk, want)
+			if err := explain(mode, t, walk); err != nil {
+				return err
+			}
+			rows, err := c.Query(ctx, walk, pgx.QueryExecModeSimpleProtocol)
 			if err != nil {
 				return err
 			}
-			lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-			if err != nil {
+			hits := 0
+			for rows.Next() {
+				v, err := rows.Values()
+				if err != nil {
+					rows.Close()
+					return err
+				}
+				if hit, _ := v[len(v)-1].(bool); hit {
+					hits++
+				}
+			}
+			if err := rows.Err(); err != nil {
 				return err
 			}
-			fmt.Fprintf(w, "\n  EXPLAIN (%s plan) q=%q:\n", mode, t)
-			for _, l := range lines {
-				fmt.Fprintf(w, "    %s\n", l)
+			if hits < want && lastID != "" {
+				rest := fmt.Sprintf("EXECUTE bench_rest(%s, %s, %s, %s, %s, %d)", literal(ds.org), like, literal(activeAfter),
+					literal(lastAt.UTC().Format(time.RFC3339Nano)), literal(lastID), want-hits)
+				if err := explain(mode, t, rest); err != nil {
+					return err
+				}
 			}
 		}
 	}

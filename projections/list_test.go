@@ -1,0 +1,93 @@
+package projections_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections"
+)
+
+// A search walks the newest keys first and looks its term up for the rest
+// (see ListKeys). With walks of a few keys, every page boundary falls before,
+// on and after the key where the walk stops, on ties of created_at too; each
+// walk must page through exactly the keys a filter over the whole list
+// keeps, in list order.
+func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	names := []string{"Production-API", "prod_worker", "staging-1", "100%_off", "100x_off", `back\slash`,
+		"deploy-42", "ci-bot", "PRODUCTION", "terraform", "x-42-y", "snake_case"}
+	for i := 0; i < 48; i++ {
+		for _, org := range []string{"acme", "globex"} { // globex holds the same names: never listed
+			cmd := domain.GenerateKey{OrgID: org, Name: names[(i*7)%len(names)], Actor: "tester"}
+			switch i % 5 {
+			case 1:
+				exp := b.now.Add(3 * 24 * time.Hour)
+				cmd.ExpiresAt = &exp
+			case 2:
+				exp := b.now.Add(90 * 24 * time.Hour)
+				cmd.ExpiresAt = &exp
+			case 3:
+				exp := b.now.Add(9 * 24 * time.Hour)
+				cmd.ExpiresAt = &exp
+			}
+			g, err := b.ledger.GenerateKey(ctx, cmd, "")
+			require.NoError(t, err)
+			if i%4 == 0 {
+				_, err := b.ledger.RevokeKey(ctx, domain.RevokeKey{OrgID: org, KeyID: g.Key.ID, Reason: "rotated"})
+				require.NoError(t, err)
+			}
+		}
+		if i%3 == 2 { // three keys to a creation time: ties are ordered by key id
+			b.now = b.now.Add(time.Second)
+		}
+	}
+	// Five days on, some keys have expired and some expire soon.
+	now := b.now.Add(5 * 24 * time.Hour)
+
+	all, err := b.views.ListKeys(ctx, domain.KeyQuery{OrgID: "acme", Limit: domain.MaxPageSize, Now: now})
+	require.NoError(t, err)
+	require.Len(t, all.Keys, 48)
+	require.Empty(t, all.NextCursor)
+
+	for _, walk := range []int{1, 2, 5, 16, 0} {
+		views := projections.NewViews(b.pool)
+		t.Cleanup(views.Close)
+		projections.SetListWalk(views, walk)
+		for _, search := range []string{"prod", "PRODUCTION", "_", "%", `\`, "-42", "o", "terraform", "no-such-name"} {
+			for _, status := range append([]domain.Status{""}, domain.Statuses...) {
+				var want []*domain.Key
+				for _, k := range all.Keys {
+					if strings.Contains(strings.ToLower(k.Name), strings.ToLower(search)) && (status == "" || k.Status(now) == status) {
+						want = append(want, k)
+					}
+				}
+				for _, limit := range []int{2, 3, 50} {
+					what := fmt.Sprintf("walk %d, q=%q, status=%q, limit %d", walk, search, status, limit)
+					var got []*domain.Key
+					q := domain.KeyQuery{OrgID: "acme", Search: search, Status: status, Limit: limit, Now: now}
+					for pages := 0; ; pages++ {
+						require.Less(t, pages, 50, what)
+						page, err := views.ListKeys(ctx, q)
+						require.NoError(t, err, what)
+						require.LessOrEqual(t, len(page.Keys), limit, what)
+						got = append(got, page.Keys...)
+						if page.NextCursor == "" {
+							break
+						}
+						require.Len(t, page.Keys, limit, what)
+						q.Cursor = page.NextCursor
+					}
+					require.Equal(t, want, got, what)
+				}
+			}
+		}
+	}
+}
