@@ -48,8 +48,7 @@ func TestEventsTableRefusesUpdateDeleteAndTruncate(t *testing.T) {
 	}
 
 	// Inside a transaction too: the refusal aborts it.
-	tx, err := b.pool.Begin(ctx)
-	require.NoError(t, err)
+	tx := begin(t, b.pool)
 	_, err = tx.Exec(ctx, `DELETE FROM events WHERE key_id = $1`, first.KeyID)
 	require.Error(t, err)
 	require.NoError(t, tx.Rollback(ctx))

@@ -335,9 +335,7 @@ func TestAppendMapsTheUniqueViolationToConflict(t *testing.T) {
 	ctx := testContext(t)
 	first := appendKey(t, b.store, "org-a")
 
-	tx, err := b.pool.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = tx.Rollback(ctx) }()
+	tx := begin(t, b.pool)
 	competitor := rawInsert(t, ctx, tx, "org-a", first.KeyID, 2)
 
 	mine := revoked("org-a", first.KeyID, 2, time.Now())
@@ -351,7 +349,7 @@ func TestAppendMapsTheUniqueViolationToConflict(t *testing.T) {
 	waitForLockWaiter(t, b.pool) // the append passed its version check and waits on the index
 	require.NoError(t, tx.Commit(ctx))
 
-	err = <-done
+	err := <-done
 	require.Error(t, err)
 	require.True(t, errors.Is(err, domain.ErrConflict), "errors.Is(%v, ErrConflict)", err)
 	require.Equal(t, domain.EConflict, domain.ErrorCode(err))

@@ -96,7 +96,12 @@ func TestTailNeverSkipsAnEventUnderConcurrentWriters(t *testing.T) {
 					}
 					time.Sleep(100 * time.Millisecond)
 				}
-				rawInsert(t, ctx, tx, "org-hand", domain.NewKeyID(), 1)
+				keyID := domain.NewKeyID()
+				if _, err := tx.Exec(ctx, `INSERT INTO events (id, org_id, key_id, stream_version, type, actor, occurred_at, data)
+					VALUES ($1, 'org-hand', $2, 1, 'key.revoked', 'raw-writer', now(), jsonb_build_object('key_id', $2::text))`,
+					domain.NewEventID(), keyID); err != nil {
+					return err
+				}
 				time.Sleep(200 * time.Millisecond)
 				return nil
 			})
@@ -294,19 +299,16 @@ func TestTailWaitsForAnOpenTransaction(t *testing.T) {
 				return len(events) == 1 && events[0].ID == c.ID
 			})
 
-			txA, err := b.pool.Begin(ctx)
-			require.NoError(t, err)
-			defer func() { _ = txA.Rollback(ctx) }()
+			txA := begin(t, b.pool)
 			var a ledgerRow
 			if tc.xidFirst {
-				_, err = txA.Exec(ctx, `SELECT pg_current_xact_id()`)
+				_, err := txA.Exec(ctx, `SELECT pg_current_xact_id()`)
 				require.NoError(t, err)
 			} else {
 				a = rawInsert(t, ctx, txA, "org-a", domain.NewKeyID(), 1)
 			}
 
-			txB, err := b.pool.Begin(ctx)
-			require.NoError(t, err)
+			txB := begin(t, b.pool)
 			bRow := rawInsert(t, ctx, txB, "org-a", domain.NewKeyID(), 1)
 			require.NoError(t, txB.Commit(ctx))
 
@@ -364,8 +366,7 @@ func TestTailIgnoresRolledBackTransactions(t *testing.T) {
 	b := setup(t)
 	ctx := testContext(t)
 
-	tx, err := b.pool.Begin(ctx)
-	require.NoError(t, err)
+	tx := begin(t, b.pool)
 	rawInsert(t, ctx, tx, "org-a", domain.NewKeyID(), 1)
 	after := appendKey(t, b.store, "org-a")
 	events, _, err := b.store.Tail(ctx, eventstore.Cursor{}, 100)

@@ -94,8 +94,7 @@ func TestAppendCancelledMidwayWritesNothing(t *testing.T) {
 		{
 			name: "WhileItsInsertWaitsOnALock",
 			stall: func(t *testing.T, b bundle, keyID string) (*eventstore.Store, func()) {
-				tx, err := b.pool.Begin(context.Background())
-				require.NoError(t, err)
+				tx := begin(t, b.pool)
 				rawInsert(t, context.Background(), tx, "org-a", keyID, 1)
 				return b.store, func() { require.NoError(t, tx.Rollback(context.Background())) }
 			},

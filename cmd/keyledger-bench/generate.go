@@ -64,26 +64,8 @@ func (b *bench) generate(ctx context.Context, w io.Writer) (result, error) {
 
 	printRun(w, gen, "req/s")
 	printRun(w, base, "tx/s")
-	r := result{
-		Scenario:        "generate",
-		Value:           round(gen.rate(), 1),
-		Baseline:        round(base.rate(), 1),
-		Target:          generateTarget,
-		Unit:            "req/s",
-		Criterion:       "ratio >= 0.5",
-		P50ms:           ms(gen.pct(0.50)),
-		P99ms:           ms(gen.pct(0.99)),
-		BaselineP50ms:   ms(base.pct(0.50)),
-		BaselineP99ms:   ms(base.pct(0.99)),
-		Requests:        gen.requests,
-		Errors:          gen.errors(),
-		BaselineErrs:    base.errors(),
-		PgCPUus:         gen.pgCPUPerOp(),
-		BaselinePgCPUus: base.pgCPUPerOp(),
-		Clients:         cfg.generateClients,
-		DurationS:       cfg.duration.Seconds(),
-		LoadAvg1m:       load,
-	}
+	r := measured("generate", "req/s", "ratio >= 0.5", gen, base, cfg.generateClients, cfg.duration, load)
+	r.Value, r.Baseline, r.Target = round(gen.rate(), 1), round(base.rate(), 1), generateTarget
 	r.Ratio = ratio(gen.rate(), base.rate())
 	r.OK = r.Ratio >= generateTarget
 	fmt.Fprintf(w, "  ratio %.3f (target >= %.2f): %s\n", r.Ratio, generateTarget, verdict(r.OK))

@@ -220,28 +220,9 @@ func (b *bench) list(ctx context.Context, ds *listDataset, w io.Writer) (result,
 	printRun(w, base, "req/s")
 	printTerms(w, search)
 	value, baseline := ms(search.pct(0.99)), ms(base.pct(0.99))
-	r := result{
-		Scenario:        "list",
-		Value:           value,
-		Baseline:        baseline,
-		Ratio:           ratio(value, baseline),
-		Target:          listTargetP99ms,
-		OK:              value < listTargetP99ms && search.ok > 0,
-		Unit:            "ms (p99)",
-		Criterion:       "p99 < 20 ms",
-		P50ms:           ms(search.pct(0.50)),
-		P99ms:           value,
-		BaselineP50ms:   ms(base.pct(0.50)),
-		BaselineP99ms:   baseline,
-		Requests:        search.requests,
-		Errors:          search.errors(),
-		BaselineErrs:    base.errors(),
-		PgCPUus:         search.pgCPUPerOp(),
-		BaselinePgCPUus: base.pgCPUPerOp(),
-		Clients:         cfg.listClients,
-		DurationS:       cfg.duration.Seconds(),
-		LoadAvg1m:       load,
-	}
+	r := measured("list", "ms (p99)", "p99 < 20 ms", search, base, cfg.listClients, cfg.duration, load)
+	r.Value, r.Baseline, r.Ratio, r.Target = value, baseline, ratio(value, baseline), listTargetP99ms
+	r.OK = value < listTargetP99ms && search.ok > 0
 	fmt.Fprintf(w, "  search p99 %.3f ms vs unfiltered p99 %.3f ms: ratio %.3f; target p99 < %.0f ms: %s\n",
 		value, baseline, r.Ratio, listTargetP99ms, verdict(r.OK))
 	if cfg.explain {

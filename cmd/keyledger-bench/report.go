@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // result is one scenario's verdict, printed as one JSON line. The first six
@@ -39,6 +40,30 @@ type result struct {
 	// LoadAvg1m is the machine's 1-minute load average when the scenario
 	// started: other work on the machine makes every figure noisier.
 	LoadAvg1m float64 `json:"loadavg_1m"`
+}
+
+// measured fills the fields of a result that every scenario reports the
+// same way from its measured run and its baseline: latencies, counts,
+// Postgres CPU and the conditions of the run. The scenario sets the value,
+// baseline, ratio, target and verdict.
+func measured(scenario, unit, criterion string, got, base *loadRun, clients int, d time.Duration, load float64) result {
+	return result{
+		Scenario:        scenario,
+		Unit:            unit,
+		Criterion:       criterion,
+		P50ms:           ms(got.pct(0.50)),
+		P99ms:           ms(got.pct(0.99)),
+		BaselineP50ms:   ms(base.pct(0.50)),
+		BaselineP99ms:   ms(base.pct(0.99)),
+		Requests:        got.requests,
+		Errors:          got.errors(),
+		BaselineErrs:    base.errors(),
+		PgCPUus:         got.pgCPUPerOp(),
+		BaselinePgCPUus: base.pgCPUPerOp(),
+		Clients:         clients,
+		DurationS:       d.Seconds(),
+		LoadAvg1m:       load,
+	}
 }
 
 // loadAvg returns the 1-minute load average, or 0 where /proc has none.

@@ -65,27 +65,8 @@ func (b *bench) verify(ctx context.Context, w io.Writer) (result, error) {
 
 	printRun(w, got, "req/s")
 	printRun(w, base, "req/s")
-	r := result{
-		Scenario:        "verify",
-		Value:           round(got.rate(), 1),
-		Baseline:        round(base.rate(), 1),
-		Target:          verifyTarget,
-		TargetP99ms:     verifyTargetP99ms,
-		Unit:            "req/s",
-		Criterion:       "ratio >= 0.35 and p99 < 5 ms",
-		P50ms:           ms(got.pct(0.50)),
-		P99ms:           ms(got.pct(0.99)),
-		BaselineP50ms:   ms(base.pct(0.50)),
-		BaselineP99ms:   ms(base.pct(0.99)),
-		Requests:        got.requests,
-		Errors:          got.errors(),
-		BaselineErrs:    base.errors(),
-		PgCPUus:         got.pgCPUPerOp(),
-		BaselinePgCPUus: base.pgCPUPerOp(),
-		Clients:         cfg.verifyClients,
-		DurationS:       cfg.duration.Seconds(),
-		LoadAvg1m:       load,
-	}
+	r := measured("verify", "req/s", "ratio >= 0.35 and p99 < 5 ms", got, base, cfg.verifyClients, cfg.duration, load)
+	r.Value, r.Baseline, r.Target, r.TargetP99ms = round(got.rate(), 1), round(base.rate(), 1), verifyTarget, verifyTargetP99ms
 	r.Ratio = ratio(got.rate(), base.rate())
 	ratioOK := r.Ratio >= verifyTarget
 	p99OK := r.P99ms < verifyTargetP99ms && got.ok > 0
