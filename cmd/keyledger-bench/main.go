@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/keyledger/keyledger/internal/service"
 )
 
 const (
@@ -123,6 +125,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintln(stderr, "keyledger-bench:", err)
 		return 2
 	}
+	// The service runs with the garbage collector setting serve.go gives it.
+	// Being one process, the load generator and the baselines run with it too.
+	service.TuneGC(getenv("GOGC") != "")
 	results, err := runScenarios(ctx, cfg, stdout, stderr)
 	printSummary(stdout, results)
 	if err != nil {

@@ -34,6 +34,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	log := newLogger(stderr, cfg.LogLevel)
+	service.TuneGC(getenv("GOGC") != "")
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("KEYLEDGER_DATA_DIR: %w", err)
