@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"io"
 	"log/slog"
 	"net"
@@ -34,7 +32,7 @@ func (b *bench) startService(ctx context.Context, db *database) (*instance, erro
 	if err != nil {
 		return nil, err
 	}
-	token := newAdminToken()
+	token := service.NewAdminToken()
 	// As serve.go, with a JSON logger at info level writing to io.Discard, so
 	// that each request still pays for its log line.
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -84,11 +82,4 @@ func (s *server) close() {
 		_ = s.srv.Close()
 	}
 	<-s.done // http.ErrServerClosed, or the error that stopped it earlier
-}
-
-// newAdminToken returns a random admin token for one service instance.
-func newAdminToken() string {
-	raw := make([]byte, 32)
-	_, _ = rand.Read(raw) // crypto/rand never fails on supported platforms
-	return "kla_" + base64.RawURLEncoding.EncodeToString(raw)
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -127,11 +125,7 @@ func adminToken(cfg Config) (token string, generated bool, err error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", false, fmt.Errorf("KEYLEDGER_DATA_DIR: read admin token: %w", err)
 	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", false, err
-	}
-	token = "kla_" + base64.RawURLEncoding.EncodeToString(raw)
+	token = service.NewAdminToken()
 	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
 		return "", false, fmt.Errorf("KEYLEDGER_DATA_DIR: write admin token: %w", err)
 	}

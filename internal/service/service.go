@@ -5,6 +5,8 @@
 package service
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -34,6 +36,14 @@ func TuneGC(gogcSet bool) {
 	if !gogcSet {
 		debug.SetGCPercent(GCPercent)
 	}
+}
+
+// NewAdminToken returns a fresh random admin token: 256 bits from
+// crypto/rand, with a prefix that tells it from a key.
+func NewAdminToken() string {
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw) // crypto/rand never fails on supported platforms
+	return "kla_" + base64.RawURLEncoding.EncodeToString(raw)
 }
 
 // Options are the values the service is built with.
