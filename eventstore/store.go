@@ -26,8 +26,9 @@ type Projector interface {
 
 // Store is the Postgres event store. It implements domain.EventStore.
 type Store struct {
-	pool   *pgxpool.Pool
-	inline []Projector
+	pool    *pgxpool.Pool
+	inline  []Projector
+	commits *commits
 }
 
 var _ domain.EventStore = (*Store)(nil)
@@ -35,7 +36,7 @@ var _ domain.EventStore = (*Store)(nil)
 // New returns a store on pool. The inline projectors run inside every
 // appending transaction.
 func New(pool *pgxpool.Pool, inline ...Projector) *Store {
-	return &Store{pool: pool, inline: inline}
+	return &Store{pool: pool, inline: inline, commits: newCommits()}
 }
 
 // Pool returns the store's connection pool.
@@ -96,6 +97,7 @@ func (s *Store) Append(ctx context.Context, expected int64, events []domain.Even
 	if err := sendAndCommit(ctx, s.pool, b); err != nil {
 		return nil, fmt.Errorf("append %s: %w", keyID, appendError(err))
 	}
+	s.commits.signal()
 	return out, nil
 }
 
@@ -246,6 +248,7 @@ func (s *Store) Import(ctx context.Context, events []domain.Event) ([]domain.Eve
 	if err != nil {
 		return nil, fmt.Errorf("import %d events: %w", len(events), appendError(err))
 	}
+	s.commits.signal()
 	return out, nil
 }
 

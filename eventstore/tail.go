@@ -68,6 +68,19 @@ func (s *Store) Tail(ctx context.Context, after Cursor, limit int) ([]domain.Eve
 	return finishTail(rows, err, after)
 }
 
+// Pending reports whether any committed event lies after the cursor, below
+// the horizon or not yet: when it says no, a reader at after has read
+// everything committed before the call.
+func (s *Store) Pending(ctx context.Context, after Cursor) (bool, error) {
+	var pending bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events
+		WHERE (transaction_id, position) > ($1::text::xid8, $2))`, strconv.FormatUint(after.Xid, 10), after.Position).Scan(&pending)
+	if err != nil {
+		return false, fmt.Errorf("pending: %w", Unavailable(err))
+	}
+	return pending, nil
+}
+
 // OrgEvents is Tail for one organization: its audit log, in ledger order.
 func (s *Store) OrgEvents(ctx context.Context, orgID string, after Cursor, limit int) ([]domain.Event, Cursor, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE org_id = $4 AND `+belowHorizon+`

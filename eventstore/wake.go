@@ -1,0 +1,114 @@
+package eventstore
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// CommitChannel is the LISTEN/NOTIFY channel on which appends are announced
+// to readers in other processes.
+const CommitChannel = "keyledger_events"
+
+// commits tells the ledger's readers that events have committed. A wake-up
+// is a hint, never a delivery: readers still read the ledger in order, and
+// still poll now and then in case a hint was lost.
+//
+// The NOTIFY is sent after COMMIT, from a goroutine of its own, and many
+// commits close together share one: a NOTIFY inside the appending
+// transaction would make Postgres take a database-wide lock at commit and
+// serialize every append's WAL flush behind it.
+type commits struct {
+	mu      sync.Mutex
+	local   map[chan struct{}]struct{}
+	pending chan struct{}
+}
+
+func newCommits() *commits {
+	return &commits{local: map[chan struct{}]struct{}{}, pending: make(chan struct{}, 1)}
+}
+
+// signal wakes this process's readers at once and asks for one NOTIFY.
+func (c *commits) signal() {
+	c.mu.Lock()
+	for ch := range c.local {
+		poke(ch)
+	}
+	c.mu.Unlock()
+	poke(c.pending)
+}
+
+func poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// RunNotifier sends the NOTIFYs that announce this process's appends to
+// other processes, until ctx ends. Without it, only readers in this process
+// wake on commit.
+func (s *Store) RunNotifier(ctx context.Context, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.commits.pending:
+		}
+		if _, err := s.pool.Exec(ctx, `SELECT pg_notify($1, '')`, CommitChannel); err != nil && ctx.Err() == nil {
+			log.Warn("cannot announce committed events", "err", err)
+		}
+	}
+}
+
+// Wakeups returns a channel that receives soon after events commit: at once
+// for appends made through this store, and through LISTEN on a dedicated
+// connection for appends made by other processes. It holds one pending
+// wake-up at most; several commits may give one. It also receives after the
+// LISTEN connection is re-established, since a notice may have been missed
+// meanwhile. It stops when ctx ends.
+func (s *Store) Wakeups(ctx context.Context, log *slog.Logger) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	s.commits.mu.Lock()
+	s.commits.local[ch] = struct{}{}
+	s.commits.mu.Unlock()
+	go func() {
+		defer func() {
+			s.commits.mu.Lock()
+			delete(s.commits.local, ch)
+			s.commits.mu.Unlock()
+		}()
+		s.listen(ctx, ch, log)
+	}()
+	return ch
+}
+
+func (s *Store) listen(ctx context.Context, wake chan struct{}, log *slog.Logger) {
+	for ctx.Err() == nil {
+		conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+		if err == nil {
+			_, err = conn.Exec(ctx, `LISTEN `+CommitChannel)
+		}
+		if err == nil {
+			poke(wake) // something may have committed while not listening
+			for err == nil {
+				_, err = conn.WaitForNotification(ctx)
+				if err == nil {
+					poke(wake)
+				}
+			}
+		}
+		if conn != nil {
+			closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = conn.Close(closeCtx)
+			cancel()
+		}
+		if ctx.Err() == nil {
+			log.Warn("listening for commits: reconnecting", "err", err)
+			sleep(ctx, time.Second)
+		}
+	}
+}
