@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -68,17 +69,24 @@ func (s *Store) Tail(ctx context.Context, after Cursor, limit int) ([]domain.Eve
 	return finishTail(rows, err, after)
 }
 
-// Pending reports whether any committed event lies after the cursor, below
-// the horizon or not yet: when it says no, a reader at after has read
-// everything committed before the call.
-func (s *Store) Pending(ctx context.Context, after Cursor) (bool, error) {
-	var pending bool
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events
-		WHERE (transaction_id, position) > ($1::text::xid8, $2))`, strconv.FormatUint(after.Xid, 10), after.Position).Scan(&pending)
+// Behind tells how far a reader at after is behind the ledger: how many
+// committed events lie after the cursor, below the horizon or not yet
+// (counted up to limit), and when the first of them occurred (the zero time
+// if none). When it says none, the reader has read everything committed
+// before the call.
+func (s *Store) Behind(ctx context.Context, after Cursor, limit int) (n int, oldest time.Time, err error) {
+	var first *time.Time
+	err = s.pool.QueryRow(ctx, `SELECT count(*), min(occurred_at) FROM (SELECT occurred_at FROM events
+		WHERE (transaction_id, position) > ($1::text::xid8, $2)
+		ORDER BY transaction_id, position LIMIT $3) behind`,
+		strconv.FormatUint(after.Xid, 10), after.Position, limit).Scan(&n, &first)
 	if err != nil {
-		return false, fmt.Errorf("pending: %w", Unavailable(err))
+		return 0, time.Time{}, fmt.Errorf("behind: %w", Unavailable(err))
 	}
-	return pending, nil
+	if first != nil {
+		oldest = *first
+	}
+	return n, oldest, nil
 }
 
 // OrgEvents is Tail for one organization: its audit log, in ledger order.

@@ -1,0 +1,265 @@
+package notices
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keyledger/keyledger/domain"
+)
+
+// Sink is what a Follower feeds.
+type Sink interface {
+	// Apply is given each notice, in stream order, once per stream
+	// sequence. A republished event can come again under a later sequence:
+	// Apply must ignore an event it has already applied.
+	Apply(e domain.Event)
+	// Gap is called when the follower finds notices missing (the stream
+	// was purged past it, or recreated): whatever the sink learned from
+	// notices may now be stale.
+	Gap()
+}
+
+// Follower applies a stream's notices in order to a Sink, and knows whether
+// it is current: whether it has applied everything that the relay had
+// published when it last said it was caught up.
+//
+// It reads through an ordered JetStream consumer, which NATS recreates
+// after a disconnect starting after the last sequence delivered; since
+// Apply runs before the next delivery, that is the last notice applied, and
+// nothing is missed. It starts after the stream's last message at the time
+// Run starts: a sink fills the rest from the service, the authority.
+type Follower struct {
+	js     jetstream.JetStream
+	nc     *nats.Conn
+	cfg    Config
+	sink   Sink
+	log    *slog.Logger
+	now    func() time.Time
+	onLate func(time.Duration) // time from an event's occurrence to its application
+
+	mu         sync.Mutex
+	applied    uint64    // the stream sequence of the last notice applied
+	heard      []heard // heartbeats whose sequence is not applied yet, oldest first
+	currentAt  atomic.Int64
+	appliedCnt atomic.Uint64
+	started    chan struct{}
+}
+
+// FollowerOptions are a Follower's optional settings.
+type FollowerOptions struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+	// Applied, if set, is told how long after its occurrence each event
+	// was applied.
+	Applied func(time.Duration)
+}
+
+// NewFollower returns a follower of cfg's stream on nc.
+func NewFollower(nc *nats.Conn, cfg Config, sink Sink, o FollowerOptions) (*Follower, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Applied == nil {
+		o.Applied = func(time.Duration) {}
+	}
+	return &Follower{js: js, nc: nc, cfg: cfg.WithDefaults(), sink: sink, log: o.Logger, now: o.Now,
+		onLate: o.Applied, started: make(chan struct{})}, nil
+}
+
+// Started is closed once Run has subscribed: from then on, no notice
+// published later is missed.
+func (f *Follower) Started() <-chan struct{} { return f.started }
+
+// CurrentAt is the last time the follower was known to be current; the zero
+// time if never.
+func (f *Follower) CurrentAt() time.Time {
+	ns := f.currentAt.Load()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+// CurrentWithin reports whether the follower was known to be current no
+// longer than bound ago. It is cheap enough for every verification.
+func (f *Follower) CurrentWithin(bound time.Duration) bool {
+	ns := f.currentAt.Load()
+	return ns != 0 && f.now().UnixNano()-ns <= int64(bound)
+}
+
+// Applied is the stream sequence of the last notice applied.
+func (f *Follower) Applied() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applied
+}
+
+// AppliedCount is how many notices were applied since Run started.
+func (f *Follower) AppliedCount() uint64 { return f.appliedCnt.Load() }
+
+// Run follows the stream until ctx ends. It returns an error only when it
+// cannot start at all (no NATS, no stream); once following, it recovers from
+// disconnects by itself.
+func (f *Follower) Run(ctx context.Context) error {
+	hb, err := f.nc.Subscribe(f.cfg.HeartbeatSubject(), f.heartbeat)
+	if err != nil {
+		return fmt.Errorf("follow %s: heartbeat: %w", f.cfg.Stream, err)
+	}
+	defer func() { _ = hb.Unsubscribe() }()
+	var last uint64
+	for {
+		s, err := f.js.Stream(ctx, f.cfg.Stream)
+		if err == nil {
+			last = s.CachedInfo().State.LastSeq
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		f.log.Warn("notices: stream not available yet", "stream", f.cfg.Stream, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	f.mu.Lock()
+	f.applied = last
+	f.mu.Unlock()
+	for ctx.Err() == nil {
+		err := f.consume(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		f.log.Warn("notices: consumer stopped; resuming", "stream", f.cfg.Stream, "after", f.Applied(), "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
+// consume reads from after the last applied sequence until the consumer
+// fails for good or ctx ends.
+func (f *Follower) consume(ctx context.Context) error {
+	cons, err := f.js.OrderedConsumer(ctx, f.cfg.Stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   f.Applied() + 1,
+	})
+	if err != nil {
+		return err
+	}
+	failed := make(chan error, 1)
+	cc, err := cons.Consume(f.handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrOrderConsumerUsedAsConsume) ||
+			errors.Is(err, jetstream.ErrOrderedConsumerReset) {
+			select {
+			case failed <- err:
+			default:
+			}
+		}
+	}))
+	if err != nil {
+		return err
+	}
+	select {
+	case <-f.started:
+	default:
+		close(f.started)
+	}
+	defer cc.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-failed:
+		return err
+	case <-cc.Closed():
+		return errors.New("consumer closed")
+	}
+}
+
+func (f *Follower) handle(m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		f.log.Warn("notices: message without metadata", "err", err)
+		return
+	}
+	seq := md.Sequence.Stream
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if seq <= f.applied {
+		return // delivered again after a consumer reset
+	}
+	if seq != f.applied+1 {
+		f.log.Warn("notices: gap in the stream; dropping what the cache learned from notices",
+			"after", f.applied, "next", seq)
+		f.sink.Gap()
+	}
+	e, err := Decode(m.Data())
+	if err != nil {
+		// A type this build does not know: skipped, and said.
+		f.log.Warn("notices: cannot read a notice; skipped", "seq", seq, "subject", m.Subject(), "err", err)
+	} else {
+		f.sink.Apply(e)
+		f.appliedCnt.Add(1)
+		f.onLate(f.now().Sub(e.OccurredAt))
+	}
+	f.applied = seq
+	for len(f.heard) > 0 && f.applied >= f.heard[0].seq {
+		f.markCurrent(f.heard[0].at)
+		f.heard = f.heard[1:]
+	}
+}
+
+// heard is a heartbeat waiting for the follower to reach its sequence.
+type heard struct {
+	seq uint64
+	at  time.Time
+}
+
+// maxHeard bounds the heartbeats kept waiting; when a follower is that far
+// behind, the oldest are dropped, which only delays its being current.
+const maxHeard = 64
+
+func (f *Follower) heartbeat(m *nats.Msg) {
+	var hb Heartbeat
+	if err := json.Unmarshal(m.Data, &hb); err != nil {
+		f.log.Warn("notices: bad heartbeat", "err", err)
+		return
+	}
+	at := f.now().Add(-hb.Lag())
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.applied >= hb.StreamSeq {
+		f.markCurrent(at)
+		return
+	}
+	// Current as of at once the notices up to hb.StreamSeq are applied.
+	if len(f.heard) == maxHeard {
+		f.heard = f.heard[1:]
+	}
+	f.heard = append(f.heard, heard{hb.StreamSeq, at})
+}
+
+func (f *Follower) markCurrent(at time.Time) {
+	if ns := at.UnixNano(); ns > f.currentAt.Load() {
+		f.currentAt.Store(ns)
+	}
+}

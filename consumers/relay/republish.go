@@ -1,0 +1,104 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/keyledger/keyledger/eventstore"
+)
+
+// Progress is told, about once a second and at the end, how many events a
+// long run has handled and the ledger position it has reached.
+type Progress func(done int, position int64)
+
+// Republish publishes the ledger again, in ledger order, from the event at
+// position from (or the first one after it) to the last event committed when
+// it started, through the same publisher as the relay: it refills a stream
+// that was lost or purged, since NATS is never the only copy. Within the
+// stream's duplicate window JetStream drops what is already there, by
+// Nats-Msg-Id; beyond it, followers drop an event they have applied by its
+// stream version. It does not move the relay's checkpoint, and it can run
+// while a relay is active. It returns how many events it published.
+func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (int, error) {
+	if progress == nil {
+		progress = func(int, int64) {}
+	}
+	js, err := jsOf(r)
+	if err != nil {
+		return 0, err
+	}
+	if err := r.ensureStream(ctx, js); err != nil {
+		return 0, err
+	}
+	pub, err := r.publisher()
+	if err != nil {
+		return 0, err
+	}
+	cursor, err := r.cursorBefore(ctx, from)
+	if err != nil {
+		return 0, err
+	}
+	var head int64
+	if err := r.pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM events`).Scan(&head); err != nil {
+		return 0, fmt.Errorf("republish: %w", eventstore.Unavailable(err))
+	}
+	done, last := 0, time.Now()
+	for {
+		events, next, err := r.store.Tail(ctx, cursor, r.cfg.Batch)
+		if err != nil {
+			return done, fmt.Errorf("republish: %w", err)
+		}
+		fresh := 0
+		for _, e := range events {
+			if e.Position > head {
+				fresh++
+				continue // committed after the start: the relay publishes it
+			}
+			msg, err := newMessage(e)
+			if err != nil {
+				return done, err
+			}
+			if err := pub.Publish(r.cfg.Notices.Subject(e.OrgID, e.Type), msg); err != nil {
+				return done, fmt.Errorf("republish event at position %d: %w", e.Position, err)
+			}
+			done++
+			if time.Since(last) >= time.Second {
+				last = time.Now()
+				progress(done, e.Position)
+			}
+		}
+		cursor = next
+		if len(events) < r.cfg.Batch || fresh == len(events) {
+			progress(done, cursor.Position)
+			return done, nil
+		}
+	}
+}
+
+// cursorBefore is the cursor just before the event at position from, or
+// before the first event after it; the start of the ledger for from <= 1.
+func (r *Relay) cursorBefore(ctx context.Context, from int64) (eventstore.Cursor, error) {
+	if from <= 1 {
+		return eventstore.Cursor{}, nil
+	}
+	var xid string
+	var pos int64
+	err := r.pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM events
+		WHERE position >= $1 ORDER BY position LIMIT 1`, from).Scan(&xid, &pos)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return eventstore.Cursor{}, fmt.Errorf("republish: no event at position %d or after it", from)
+	}
+	if err != nil {
+		return eventstore.Cursor{}, fmt.Errorf("republish: %w", eventstore.Unavailable(err))
+	}
+	x, err := strconv.ParseUint(xid, 10, 64)
+	if err != nil {
+		return eventstore.Cursor{}, err
+	}
+	return eventstore.Cursor{Xid: x, Position: pos - 1}, nil
+}
