@@ -36,8 +36,12 @@ func (b *bench) startService(ctx context.Context, db *database) (*instance, erro
 	// As serve.go, with a JSON logger at info level writing to io.Discard, so
 	// that each request still pays for its log line.
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	handler := service.NewHandler(pool, service.Options{AdminToken: token, KeyPrefix: domain.DefaultKeyPrefix, Logger: log})
-	srv, err := serve(handler)
+	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: domain.DefaultKeyPrefix, Logger: log})
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	srv, err := serve(svc.Handler)
 	if err != nil {
 		pool.Close()
 		return nil, err

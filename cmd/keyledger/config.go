@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/domain"
 )
 
@@ -23,6 +25,9 @@ type Config struct {
 	HTTPAddr        string
 	AdminToken      string
 	NATSURL         string
+	NATSListen      string
+	SubjectPrefix   string
+	Stream          string
 	DataDir         string
 	KeyPrefix       string
 	ShutdownTimeout time.Duration
@@ -42,6 +47,9 @@ func (c *Config) settings() []setting {
 			"Postgres URL of the event store; the database is created if missing and migrated on start", &c.DatabaseURL},
 		{"http-addr", "KEYLEDGER_HTTP_ADDR", "127.0.0.1:8080", "host:port the HTTP API listens on", &c.HTTPAddr},
 		{"nats-url", "KEYLEDGER_NATS_URL", "", "NATS server URL for revocation notices; empty starts an embedded server", &c.NATSURL},
+		{"nats-listen", "KEYLEDGER_NATS_LISTEN", "127.0.0.1:0", "host:port of the embedded NATS server, used when KEYLEDGER_NATS_URL is empty; port 0 picks a free port, printed at start", &c.NATSListen},
+		{"nats-subject-prefix", "KEYLEDGER_NATS_SUBJECT_PREFIX", notices.DefaultPrefix, "first token(s) of the notice subjects <prefix>.<org_id>.key.revoked; lets deployments share a NATS server", &c.SubjectPrefix},
+		{"nats-stream", "KEYLEDGER_NATS_STREAM", notices.DefaultStream, "JetStream stream that keeps the notices", &c.Stream},
 		{"data-dir", "KEYLEDGER_DATA_DIR", "./data", "directory for the generated admin token, embedded NATS storage and the signing key", &c.DataDir},
 		{"key-prefix", "KEYLEDGER_KEY_PREFIX", domain.DefaultKeyPrefix, "prefix of generated keys: a lowercase letter, then up to 15 lowercase letters or digits", &c.KeyPrefix},
 		{"log-level", "KEYLEDGER_LOG_LEVEL", "info", "log level: debug, info, warn or error", &c.LogLevel},
@@ -51,22 +59,39 @@ func (c *Config) settings() []setting {
 // parseConfig reads flags over environment variables over defaults, and
 // validates every value, reporting all the bad ones at once, each by the
 // variable that set it.
-func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer, summary string) (Config, error) {
+//
+// only, if given, names the settings (by flag) that the command takes; the
+// others keep their defaults. extra, if not nil, adds the command's own
+// flags.
+func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer, summary string,
+	only []string, extra func(*flag.FlagSet)) (Config, error) {
 	var c Config
 	fs := flag.NewFlagSet("keyledger "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	settings := c.settings()
-	for _, s := range settings {
+	for _, s := range c.settings() {
+		if only != nil && !slices.Contains(only, s.flag) {
+			*s.target = s.def
+			continue
+		}
 		def := s.def
 		if v := getenv(s.env); v != "" {
 			def = v
 		}
 		fs.StringVar(s.target, s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
 	}
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests before closing them")
+	c.ShutdownTimeout = 15 * time.Second
+	if only == nil {
+		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for in-flight requests before closing them")
+	}
+	if extra != nil {
+		extra(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: keyledger %s [flags]\n\n%s\n\nFlags:\n", name, summary)
 		fs.PrintDefaults()
+		if only != nil {
+			return
+		}
 		fmt.Fprintf(stderr, "\nKEYLEDGER_ADMIN_TOKEN (environment only, so it stays out of process listings): the bearer token of\nthe management API; if unset, one is generated on first start, printed once and kept in <data-dir>/admin-token.\n")
 	}
 	if err := fs.Parse(args); err != nil {
@@ -103,6 +128,15 @@ func (c Config) validate() error {
 		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
 			bad("KEYLEDGER_NATS_URL", "must be a NATS URL such as nats://127.0.0.1:4222, got %q", c.NATSURL)
 		}
+	}
+	if host, port, err := net.SplitHostPort(c.NATSListen); err != nil || port == "" || (host != "" && net.ParseIP(host) == nil && host != "localhost") {
+		bad("KEYLEDGER_NATS_LISTEN", "must be host:port with an IP address or localhost, such as 127.0.0.1:4222, got %q", c.NATSListen)
+	}
+	if err := (notices.Config{Prefix: c.SubjectPrefix, Stream: "x"}).Validate(); err != nil {
+		bad("KEYLEDGER_NATS_SUBJECT_PREFIX", "%v", err)
+	}
+	if err := (notices.Config{Prefix: "x", Stream: c.Stream}).Validate(); err != nil {
+		bad("KEYLEDGER_NATS_STREAM", "%v", err)
 	}
 	if c.DataDir == "" {
 		bad("KEYLEDGER_DATA_DIR", "must not be empty")

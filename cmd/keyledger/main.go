@@ -21,7 +21,9 @@ Usage:
   keyledger <command> [flags]
 
 Commands:
-  serve     run the HTTP API (generate, list, revoke, verify keys)
+  serve               run the HTTP API (generate, list, revoke, verify keys) and
+                      relay the ledger's events to NATS as notices
+  notices republish   publish the ledger again to the notices stream, from a position
 
 Every flag can also be set by the KEYLEDGER_* environment variable named in
 its help; a flag given on the command line wins. Run 'keyledger <command>
@@ -53,6 +55,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], getenv, stdout, stderr)
+	case "notices":
+		return noticesCmd(ctx, args[1:], getenv, stdout, stderr)
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", args[0])

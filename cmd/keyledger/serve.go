@@ -11,10 +11,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
+	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/eventstore"
+	embeddednats "github.com/keyledger/keyledger/internal/natsserver"
 	"github.com/keyledger/keyledger/internal/service"
 )
 
@@ -27,7 +32,7 @@ for in-flight requests (up to --shutdown-timeout).`
 const defaultPoolConns = 16
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := parseConfig("serve", args, getenv, stderr, serveSummary)
+	cfg, err := parseConfig("serve", args, getenv, stderr, serveSummary, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -52,8 +57,54 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer pool.Close()
 
-	server := service.NewHandler(pool, service.Options{AdminToken: token, KeyPrefix: cfg.KeyPrefix, Logger: log})
-	return listenAndServe(ctx, cfg, server, log, stdout)
+	nc, stopNATS, err := connectNATS(cfg, log, stdout)
+	if err != nil {
+		return err
+	}
+	defer stopNATS()
+
+	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: cfg.KeyPrefix, Logger: log,
+		NATS: nc, Notices: notices.Config{Prefix: cfg.SubjectPrefix, Stream: cfg.Stream}})
+	if err != nil {
+		return err
+	}
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	var bg sync.WaitGroup
+	bg.Go(func() { svc.Run(bgCtx) })
+	err = listenAndServe(ctx, cfg, svc.Handler, log, stdout)
+	stopBackground()
+	bg.Wait()
+	return err
+}
+
+// connectNATS connects to KEYLEDGER_NATS_URL or, when it is empty, starts
+// an embedded NATS server keeping its files in the data directory, and
+// prints its URL for gateways. stop closes the connection and the server.
+func connectNATS(cfg Config, log *slog.Logger, stdout io.Writer) (nc *nats.Conn, stop func(), err error) {
+	url, env := cfg.NATSURL, "KEYLEDGER_NATS_URL"
+	var embedded *natsserver.Server
+	if url == "" {
+		embedded, err = embeddednats.Start(embeddednats.Options{Dir: cfg.DataDir, Addr: cfg.NATSListen, SyncAlways: true}, log)
+		if err != nil {
+			return nil, nil, fmt.Errorf("KEYLEDGER_NATS_LISTEN: %w", err)
+		}
+		url, env = embedded.ClientURL(), "KEYLEDGER_NATS_LISTEN"
+		fmt.Fprintf(stdout, "keyledger: embedded NATS server on %s (JetStream files in %s)\n", url, filepath.Join(cfg.DataDir, "nats"))
+	}
+	nc, err = service.ConnectNATS(url, "keyledger", log)
+	if err != nil {
+		if embedded != nil {
+			embedded.Shutdown()
+		}
+		return nil, nil, fmt.Errorf("%s: %w", env, err)
+	}
+	return nc, func() {
+		nc.Close()
+		if embedded != nil {
+			embedded.Shutdown()
+			embedded.WaitForShutdown()
+		}
+	}, nil
 }
 
 // openDatabase creates the database if missing, connects and migrates.

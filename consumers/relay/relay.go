@@ -150,7 +150,7 @@ func (r *Relay) lead(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	logger := watermill.NewSlogLogger(r.log)
+	logger := wmLogger(r.log)
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.PublishTimeout}, logger)
 	if err != nil {
 		return err
@@ -220,7 +220,13 @@ func (r *Relay) publisher() (*wmnats.Publisher, error) {
 			ConnectOptions: []nats.JSOpt{nats.MaxWait(r.cfg.PublishTimeout)},
 			PublishOptions: []nats.PubOpt{nats.ExpectStream(r.cfg.Notices.Stream)},
 		},
-	}, watermill.NewSlogLogger(r.log))
+	}, wmLogger(r.log))
+}
+
+// wmLogger logs watermill's lifecycle chatter (handlers added, started) at
+// debug level; its warnings and errors stay what they are.
+func wmLogger(log *slog.Logger) watermill.LoggerAdapter {
+	return watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
 }
 
 // Metadata keys of a relayed message. NATSMarshaler sends them as headers,

@@ -19,11 +19,15 @@ type Progress func(done int, position int64)
 // Republish publishes the ledger again, in ledger order, from the event at
 // position from (or the first one after it) to the last event committed when
 // it started, through the same publisher as the relay: it refills a stream
-// that was lost or purged, since NATS is never the only copy. Within the
-// stream's duplicate window JetStream drops what is already there, by
-// Nats-Msg-Id; beyond it, followers drop an event they have applied by its
-// stream version. It does not move the relay's checkpoint, and it can run
-// while a relay is active. It returns how many events it published.
+// that was lost or purged, since NATS is never the only copy.
+//
+// Its messages carry Nats-Msg-Id "<event id>.republished.<run>", not the
+// event id: a purge does not clear JetStream's duplicate window, so within
+// it the event ids would be dropped as duplicates of the purged messages.
+// An event still in the stream is therefore there twice after a republish;
+// followers drop the second by the key's stream version. It does not move
+// the relay's checkpoint, and it can run while a relay is active. It returns
+// how many events it published.
 func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (int, error) {
 	if progress == nil {
 		progress = func(int, int64) {}
@@ -47,6 +51,7 @@ func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (i
 	if err := r.pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM events`).Scan(&head); err != nil {
 		return 0, fmt.Errorf("republish: %w", eventstore.Unavailable(err))
 	}
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	done, last := 0, time.Now()
 	for {
 		events, next, err := r.store.Tail(ctx, cursor, r.cfg.Batch)
@@ -63,6 +68,7 @@ func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (i
 			if err != nil {
 				return done, err
 			}
+			msg.UUID = e.ID + ".republished." + run
 			if err := pub.Publish(r.cfg.Notices.Subject(e.OrgID, e.Type), msg); err != nil {
 				return done, fmt.Errorf("republish event at position %d: %w", e.Position, err)
 			}

@@ -5,18 +5,24 @@
 package service
 
 import (
+	"context"
 	"crypto/rand"
+	"fmt"
 	"encoding/base64"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/keyledger/keyledger/api"
+	"github.com/keyledger/keyledger/consumers/notices"
+	"github.com/keyledger/keyledger/consumers/relay"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections"
@@ -51,16 +57,49 @@ type Options struct {
 	AdminToken string
 	KeyPrefix  string
 	Logger     *slog.Logger
+	// NATS, if set, is the connection notices go out on: the service then
+	// runs a relay candidate. Without it the service runs on Postgres
+	// alone.
+	NATS    *nats.Conn
+	Notices notices.Config
+	// Relay tunes the relay; its Notices, Logger and Registerer are set
+	// from the above.
+	Relay relay.Config
 }
 
-// NewHandler builds the HTTP API on a migrated database, with its own metrics
+// Service is one keyledger instance: its HTTP API and the background work
+// that Run does.
+type Service struct {
+	Handler *api.Server
+	Store   *eventstore.Store
+	Relay   *relay.Relay // nil without NATS
+	log     *slog.Logger
+}
+
+// New builds the service on a migrated database, with its own metrics
 // registry (including the Go runtime and process collectors).
-func NewHandler(pool *pgxpool.Pool, o Options) *api.Server {
+func New(pool *pgxpool.Pool, o Options) (*Service, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	o.Notices = o.Notices.WithDefaults()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
 	views := projections.NewViews(pool)
-	return api.New(api.Deps{
+	ready := map[string]api.Check{"database": pool.Ping}
+	svc := &Service{Store: store, log: o.Logger}
+	if o.NATS != nil {
+		rc := o.Relay
+		rc.Notices, rc.Logger, rc.Registerer = o.Notices, o.Logger, reg
+		r, err := relay.New(store, o.NATS, rc)
+		if err != nil {
+			return nil, err
+		}
+		svc.Relay = r
+		ready["nats"] = natsReady(o.NATS)
+	}
+	svc.Handler = api.New(api.Deps{
 		Commands:   &domain.Ledger{Store: store, KeyPrefix: o.KeyPrefix, Now: time.Now},
 		Keys:       views,
 		Lookup:     views,
@@ -70,8 +109,50 @@ func NewHandler(pool *pgxpool.Pool, o Options) *api.Server {
 		Now:        time.Now,
 		Logger:     o.Logger,
 		Registry:   reg,
-		Ready:      map[string]api.Check{"database": pool.Ping},
+		Ready:      ready,
 	})
+	return svc, nil
+}
+
+// Run does the service's background work until ctx ends: it announces
+// commits to other instances and, with NATS, competes to relay.
+func (s *Service) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { s.Store.RunNotifier(ctx, s.log) })
+	if s.Relay != nil {
+		wg.Go(func() { s.Relay.Run(ctx) })
+	}
+	wg.Wait()
+}
+
+func natsReady(nc *nats.Conn) api.Check {
+	return func(context.Context) error {
+		if st := nc.Status(); st != nats.CONNECTED {
+			return fmt.Errorf("NATS connection is %s", st)
+		}
+		return nil
+	}
+}
+
+// ConnectNATS connects to url the way the service does: reconnecting for
+// ever, since notices must resume after any outage.
+func ConnectNATS(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("NATS disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("NATS %s: %w", url, err)
+	}
+	return nc, nil
 }
 
 // NewHTTPServer wraps h in an http.Server with the timeouts keyledger serves
@@ -86,4 +167,13 @@ func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+}
+
+// NewHandler is New without NATS, for callers that want only the API.
+func NewHandler(pool *pgxpool.Pool, o Options) *api.Server {
+	svc, err := New(pool, o)
+	if err != nil { // only the relay's settings can fail, and there is none
+		panic(err)
+	}
+	return svc.Handler
 }
