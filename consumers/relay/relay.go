@@ -279,14 +279,15 @@ func (r *Relay) saveCheckpoint(ctx context.Context, c eventstore.Cursor) error {
 }
 
 // heartbeat tells followers that the stream holds, up to its last
-// sequence, every event committed more than lag ago.
-func (r *Relay) heartbeat(ctx context.Context, js jetstream.JetStream, lag time.Duration) error {
+// sequence, every event committed before asOf.
+func (r *Relay) heartbeat(ctx context.Context, js jetstream.JetStream, asOf time.Time) error {
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	defer cancel()
 	s, err := js.Stream(cctx, r.cfg.Notices.Stream)
 	if err != nil {
 		return err
 	}
+	lag := max(time.Since(asOf), 0)
 	body, err := json.Marshal(notices.Heartbeat{StreamSeq: s.CachedInfo().State.LastSeq, LagSeconds: lag.Seconds()})
 	if err != nil {
 		return err

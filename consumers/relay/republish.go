@@ -79,11 +79,37 @@ func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (i
 			}
 		}
 		cursor = next
-		if len(events) < r.cfg.Batch || fresh == len(events) {
+		if len(events) == r.cfg.Batch && fresh < len(events) {
+			continue
+		}
+		// A short batch ends the run only when nothing committed up to head
+		// is left after the cursor: Tail stops at the xid8 horizon, which any
+		// transaction on the server can hold back for a while.
+		left, err := r.leftUpTo(ctx, cursor, head)
+		if err != nil {
+			return done, err
+		}
+		if !left {
 			progress(done, cursor.Position)
 			return done, nil
 		}
+		if !sleep(ctx, 20*time.Millisecond) {
+			return done, ctx.Err()
+		}
 	}
+}
+
+// leftUpTo reports whether a committed event at or below position head lies
+// after the cursor in ledger order.
+func (r *Relay) leftUpTo(ctx context.Context, after eventstore.Cursor, head int64) (bool, error) {
+	var left bool
+	err := r.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events
+		WHERE (transaction_id, position) > ($1::text::xid8, $2) AND position <= $3)`,
+		strconv.FormatUint(after.Xid, 10), after.Position, head).Scan(&left)
+	if err != nil {
+		return false, fmt.Errorf("republish: %w", eventstore.Unavailable(err))
+	}
+	return left, nil
 }
 
 // cursorBefore is the cursor just before the event at position from, or

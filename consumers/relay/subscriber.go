@@ -18,16 +18,24 @@ var pgxNoRows = pgx.ErrNoRows
 // behindLimit caps the count of events a lag check makes.
 const behindLimit = 100_000
 
+// horizonRetry is how soon the relay reads again when committed events are
+// held above the xid8 horizon.
+const horizonRetry = 10 * time.Millisecond
+
 // ledgerSubscriber is a watermill Subscriber over the ledger, from a
 // cursor, in ledger order. It hands the router one message at a time and
 // sends the next only when that one is acknowledged, so publications keep
 // ledger order; a nacked message is sent again, never skipped. It
 // checkpoints after each batch, and between batches measures the lag and
-// sends the heartbeat.
+// sends the heartbeat; also while a publication waits (NATS is down), so
+// that the lag gauges show the outage.
 type ledgerSubscriber struct {
-	relay *Relay
-	js    jetstream.JetStream
-	from  eventstore.Cursor
+	relay     *Relay
+	js        jetstream.JetStream
+	from      eventstore.Cursor
+	cursor    eventstore.Cursor // where the batch being published starts
+	lastCheck time.Time
+	held      int // reads in a row that the xid8 horizon kept from events
 }
 
 func (s *ledgerSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
@@ -44,8 +52,9 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 	wake := r.store.Wakeups(ctx, r.log)
 	poll := time.NewTicker(r.cfg.Poll)
 	defer poll.Stop()
+	beat := time.NewTicker(r.cfg.Heartbeat)
+	defer beat.Stop()
 	cursor := s.from
-	var lastCheck time.Time
 	for ctx.Err() == nil {
 		events, next, err := r.store.Tail(ctx, cursor, r.cfg.Batch)
 		if err != nil {
@@ -53,6 +62,7 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 			sleep(ctx, r.cfg.Poll)
 			continue
 		}
+		s.cursor = cursor
 		for _, e := range events {
 			if !s.deliver(ctx, out, e) {
 				return
@@ -66,17 +76,34 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 				r.log.Warn("relay: checkpoint not saved; it will be with the next batch", "err", err)
 			}
 		}
-		if time.Since(lastCheck) >= r.cfg.Heartbeat {
-			lastCheck = time.Now()
+		if time.Since(s.lastCheck) >= r.cfg.Heartbeat {
 			s.checkLag(ctx, cursor)
 		}
 		if len(events) == r.cfg.Batch {
 			continue
 		}
+		// Committed events that Tail could not return yet lie above the xid8
+		// horizon, which a transaction still open anywhere on the server
+		// holds back; nothing may wake the relay when that one ends, so look
+		// again soon rather than at the next poll, backing off while the
+		// horizon stays held.
+		var held <-chan time.Time
+		switch n, _, err := r.store.Behind(ctx, cursor, 1); {
+		case err != nil || n == 0:
+			s.held = 0
+		case len(events) > 0:
+			s.held = 0
+			held = time.After(horizonRetry)
+		default:
+			held = time.After(min(horizonRetry<<min(s.held, 6), r.cfg.Poll))
+			s.held++
+		}
 		select {
 		case <-ctx.Done():
 		case <-wake:
 		case <-poll.C:
+		case <-held:
+		case <-beat.C: // the heartbeat must not wait for the poll
 		}
 	}
 }
@@ -96,16 +123,39 @@ func (s *ledgerSubscriber) deliver(ctx context.Context, out chan<- *message.Mess
 		case <-ctx.Done():
 			return false
 		}
+		if !s.await(ctx, msg) {
+			return false
+		}
+		select {
+		case <-msg.Acked():
+			return true
+		default:
+		}
+		r.log.Warn("relay: publication failed; trying again", "id", e.ID, "position", e.Position, "attempt", attempt+1)
+		if !sleep(ctx, backoff(attempt)) {
+			return false
+		}
+	}
+}
+
+// await waits until msg is acked or nacked, measuring the lag every
+// Heartbeat meanwhile (the events of the batch count as not published: a
+// slight overstatement). It returns false if ctx ends first.
+func (s *ledgerSubscriber) await(ctx context.Context, msg *message.Message) bool {
+	beat := time.NewTicker(s.relay.cfg.Heartbeat)
+	defer beat.Stop()
+	for {
 		select {
 		case <-msg.Acked():
 			return true
 		case <-msg.Nacked():
-			r.log.Warn("relay: publication failed; trying again", "id", e.ID, "position", e.Position, "attempt", attempt+1)
-			if !sleep(ctx, backoff(attempt)) {
-				return false
-			}
+			return true
 		case <-ctx.Done():
 			return false
+		case <-beat.C:
+			if time.Since(s.lastCheck) >= s.relay.cfg.Heartbeat {
+				s.checkLag(ctx, s.cursor)
+			}
 		}
 	}
 }
@@ -119,6 +169,8 @@ func backoff(attempt int) time.Duration {
 // relay's heartbeat, tells followers what the stream holds.
 func (s *ledgerSubscriber) checkLag(ctx context.Context, cursor eventstore.Cursor) {
 	r := s.relay
+	s.lastCheck = time.Now()
+	measured := s.lastCheck
 	n, oldest, err := r.store.Behind(ctx, cursor, behindLimit)
 	if err != nil {
 		r.log.Warn("relay: cannot measure the lag", "err", err)
@@ -127,10 +179,14 @@ func (s *ledgerSubscriber) checkLag(ctx context.Context, cursor eventstore.Curso
 	var lag time.Duration
 	if n > 0 {
 		lag = max(time.Since(oldest), 0)
+		measured = oldest
 	}
 	r.metrics.lagEvents.Set(float64(n))
 	r.metrics.lagSeconds.Set(lag.Seconds())
-	if err := r.heartbeat(ctx, s.js, lag); err != nil && !errors.Is(err, context.Canceled) {
+	// The heartbeat vouches only for what had committed when Behind looked,
+	// so its lag runs from then (or from the oldest event not yet
+	// published) to the moment it is sent, not to the measurement.
+	if err := r.heartbeat(ctx, s.js, measured); err != nil && !errors.Is(err, context.Canceled) {
 		r.log.Warn("relay: heartbeat not sent", "err", err)
 	}
 }

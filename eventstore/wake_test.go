@@ -1,0 +1,122 @@
+package eventstore_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/internal/pgtest"
+)
+
+// wakeBound is how soon a wake-up must come: "soon after the commit", with
+// room for a loaded 2-core machine; the readers' poll is far longer.
+const wakeBound = 5 * time.Second
+
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// drain empties a wake-up channel of what it already holds (the wake-up
+// sent when the LISTEN connection is made, for one).
+func drain(ch <-chan struct{}) {
+	for {
+		select {
+		case <-ch:
+		case <-time.After(200 * time.Millisecond):
+			return
+		}
+	}
+}
+
+func requireWoken(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(wakeBound):
+		t.Fatalf("no wake-up within %s after %s", wakeBound, what)
+	}
+}
+
+// TestWakeupsComeAtOnceForThisStoresAppends: a reader of the same Store is
+// woken by an append and by an import, without NOTIFY.
+func TestWakeupsComeAtOnceForThisStoresAppends(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	ch := b.store.Wakeups(ctx, quiet())
+	drain(ch)
+	appendKey(t, b.store, "org")
+	select {
+	case <-ch:
+	default:
+		t.Fatal("no wake-up right after Append returned")
+	}
+	_, err := b.store.Import(ctx, []domain.Event{generated("org", domain.NewKeyID(), time.Now())})
+	require.NoError(t, err)
+	select {
+	case <-ch:
+	default:
+		t.Fatal("no wake-up right after Import returned")
+	}
+}
+
+// TestWakeupsCrossProcessesThroughNotify: a store on another pool (as in
+// another process) is woken by LISTEN/NOTIFY when RunNotifier runs on the
+// appending store, and only then.
+func TestWakeupsCrossProcessesThroughNotify(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	writer := eventstore.New(pgtest.PoolFor(t, url, 4))
+	reader := eventstore.New(pgtest.PoolFor(t, url, 4))
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	ch := reader.Wakeups(ctx, quiet())
+	requireWoken(t, ch, "listening began") // sent once LISTEN is in place
+	drain(ch)
+
+	// Without a notifier, another process hears nothing.
+	appendKey(t, writer, "org")
+	select {
+	case <-ch:
+		t.Fatal("woken without a notifier")
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	nctx, stopNotifier := context.WithCancel(ctx)
+	notified := make(chan struct{})
+	go func() {
+		defer close(notified)
+		writer.RunNotifier(nctx, quiet())
+	}()
+	defer func() { stopNotifier(); <-notified }()
+	// The append above left a NOTIFY pending: the notifier sends it.
+	requireWoken(t, ch, "the notifier started with a commit pending")
+	for i := range 3 {
+		drain(ch)
+		appendKey(t, writer, "org")
+		requireWoken(t, ch, "append "+string(rune('1'+i)))
+	}
+}
+
+// TestWakeupsStopWithTheirContext: the LISTEN connection is given back when
+// the context ends.
+func TestWakeupsStopWithTheirContext(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx, cancel := context.WithCancel(testContext(t))
+	ch := b.store.Wakeups(ctx, quiet())
+	requireWoken(t, ch, "listening began")
+	listeners := func() int {
+		var n int
+		require.NoError(t, b.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND query ILIKE 'LISTEN%'`).Scan(&n))
+		return n
+	}
+	require.Equal(t, 1, listeners())
+	cancel()
+	waitFor(t, "the LISTEN session to end", func() bool { return listeners() == 0 })
+}
