@@ -33,9 +33,13 @@ type Check func(ctx context.Context) error
 
 // Deps is everything the API needs, built by cmd/keyledger.
 type Deps struct {
-	Commands   Commands
-	Keys       domain.KeyReader
-	Lookup     domain.KeyLookup
+	Commands Commands
+	Keys     domain.KeyReader
+	Lookup   domain.KeyLookup
+	// Authority, if set, is the lookup behind a caching Lookup: /v1/verify
+	// uses it for a request with Cache-Control: no-cache, as a gateway
+	// client sends on a cache miss.
+	Authority  domain.KeyLookup
 	Events     EventLog
 	AdminToken string
 	KeyPrefix  string

@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
@@ -23,7 +24,11 @@ type verifyResponse struct {
 func (s *Server) verify(w http.ResponseWriter, r *http.Request) error {
 	start := time.Now()
 	now := s.Now()
-	v, err := domain.Verify(r.Context(), s.Lookup, s.KeyPrefix, r.Header.Get("X-Api-Key"), r.Header.Get("X-Organization-Id"), now)
+	lookup := s.Lookup
+	if s.Authority != nil && noCache(r) {
+		lookup = s.Authority
+	}
+	v, err := domain.Verify(r.Context(), lookup, s.KeyPrefix, r.Header.Get("X-Api-Key"), r.Header.Get("X-Organization-Id"), now)
 	s.metrics.verifyDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.metrics.verifies.WithLabelValues(domain.ErrorCode(err)).Inc()
@@ -31,16 +36,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !v.Valid() {
 		s.metrics.verifies.WithLabelValues(string(v.Reason)).Inc()
-		valid := false
-		w.Header().Set("WWW-Authenticate", `APIKey realm="keyledger"`)
-		writeProblem(w, r, problem{
-			Type:   problemTypeBase + "key_" + string(v.Reason),
-			Title:  http.StatusText(http.StatusUnauthorized),
-			Status: http.StatusUnauthorized,
-			Detail: reasonDetail[v.Reason],
-			Reason: string(v.Reason),
-			Valid:  &valid,
-		})
+		WriteVerifyFailure(w, r, v.Reason)
 		return nil
 	}
 	s.metrics.verifies.WithLabelValues("valid").Inc()
@@ -53,6 +49,26 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// WriteVerifyFailure renders a failed verification: 401 with a problem+json
+// body whose reason says why. /v1/verify and the gateway proxy both answer
+// with it, so a client sees one shape whichever checked its key. A reason
+// outside the contract is rendered as invalid.
+func WriteVerifyFailure(w http.ResponseWriter, r *http.Request, reason domain.Reason) {
+	if _, ok := reasonDetail[reason]; !ok {
+		reason = domain.ReasonInvalid
+	}
+	valid := false
+	w.Header().Set("WWW-Authenticate", `APIKey realm="keyledger"`)
+	writeProblem(w, r, problem{
+		Type:   problemTypeBase + "key_" + string(reason),
+		Title:  http.StatusText(http.StatusUnauthorized),
+		Status: http.StatusUnauthorized,
+		Detail: reasonDetail[reason],
+		Reason: string(reason),
+		Valid:  &valid,
+	})
+}
+
 var reasonDetail = map[domain.Reason]string{
 	domain.ReasonMissing:   "both x-api-key and x-organization-id headers are required",
 	domain.ReasonMalformed: "the key or the organization id is not well-formed",
@@ -62,3 +78,16 @@ var reasonDetail = map[domain.Reason]string{
 }
 
 func errorCodeLabel(err error) string { return domain.ErrorCode(err) }
+
+// noCache reports whether the request asks for an answer from the source of
+// truth rather than from a cache (Cache-Control: no-cache, RFC 9111).
+func noCache(r *http.Request) bool {
+	for _, v := range r.Header.Values("Cache-Control") {
+		for _, d := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(d), "no-cache") {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -17,13 +17,25 @@ const (
 	maxReasonLen   = 500
 )
 
-var (
-	orgIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-	keyIDPattern = regexp.MustCompile(`^key_[0-9A-Za-z]{20}$`)
-)
+var keyIDPattern = regexp.MustCompile(`^key_[0-9A-Za-z]{20}$`)
 
-// ValidOrgID reports whether id is a well-formed organization id.
-func ValidOrgID(id string) bool { return orgIDPattern.MatchString(id) }
+// maxOrgIDLen is the longest organization id.
+const maxOrgIDLen = 64
+
+// ValidOrgID reports whether id is a well-formed organization id:
+// ^[A-Za-z0-9_-]{1,64}$. It is checked on every verification, so it is a
+// loop over the bytes rather than a regular expression.
+func ValidOrgID(id string) bool {
+	if len(id) == 0 || len(id) > maxOrgIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !isBase62(c) && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidKeyID reports whether id is a well-formed key id.
 func ValidKeyID(id string) bool { return keyIDPattern.MatchString(id) }

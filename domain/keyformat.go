@@ -37,7 +37,22 @@ func ValidKeyPrefix(p string) bool { return prefixPattern.MatchString(p) }
 type KeyHash [sha256.Size]byte
 
 // HashKey returns the digest of a full key.
-func HashKey(key string) KeyHash { return sha256.Sum256([]byte(key)) }
+//
+// It is on the hot path of every verification, so it does not allocate: a
+// key of the usual length is copied into an array on the stack, since
+// []byte(key) would escape into the hash function and be made on the heap.
+func HashKey(key string) KeyHash {
+	var buf [hashStackLen]byte
+	if len(key) <= len(buf) {
+		n := copy(buf[:], key)
+		return sha256.Sum256(buf[:n])
+	}
+	return sha256.Sum256([]byte(key))
+}
+
+// hashStackLen covers every key of this format: the longest prefix (16)
+// plus "_", the random part and the checksum is 55 bytes.
+const hashStackLen = 64
 
 // String returns the digest in lowercase hex, as events carry it.
 func (h KeyHash) String() string { return hex.EncodeToString(h[:]) }
@@ -91,13 +106,25 @@ func randomBase62(n int) string {
 }
 
 func checksum(random string) string {
-	c := crc32.ChecksumIEEE([]byte(random))
+	out := checksumOf(random)
+	return string(out[:])
+}
+
+// checksumOf is the base62 CRC32 (IEEE) of s. It reads the string byte by
+// byte through the standard table, rather than through crc32.ChecksumIEEE,
+// whose []byte argument escapes and would cost an allocation per check.
+func checksumOf(s string) [checksumLen]byte {
+	c := ^uint32(0)
+	for i := 0; i < len(s); i++ {
+		c = crc32.IEEETable[byte(c)^s[i]] ^ (c >> 8)
+	}
+	c = ^c
 	var out [checksumLen]byte
 	for i := checksumLen - 1; i >= 0; i-- {
 		out[i] = base62[c%62]
 		c /= 62
 	}
-	return string(out[:])
+	return out
 }
 
 // CheckKeyFormat reports whether key has the shape of a key with the given
@@ -110,12 +137,23 @@ func CheckKeyFormat(prefix, key string) bool {
 	}
 	body := key[len(prefix)+1:]
 	for i := 0; i < len(body); i++ {
-		if strings.IndexByte(base62, body[i]) < 0 {
+		if !isBase62(body[i]) {
 			return false
 		}
 	}
-	random, sum := body[:secretLen], body[secretLen:]
-	return subtle.ConstantTimeCompare([]byte(checksum(random)), []byte(sum)) == 1
+	want := checksumOf(body[:secretLen])
+	sum := body[secretLen:]
+	// Compared without branching on the bytes, as subtle.ConstantTimeCompare
+	// would, but without converting the string to a slice.
+	var diff byte
+	for i := range want {
+		diff |= want[i] ^ sum[i]
+	}
+	return diff == 0
+}
+
+func isBase62(c byte) bool {
+	return '0' <= c && c <= '9' || 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z'
 }
 
 // MaskKey returns the form in which a key is shown after its creation: a

@@ -23,6 +23,8 @@ Usage:
 Commands:
   serve               run the HTTP API (generate, list, revoke, verify keys) and
                       relay the ledger's events to NATS as notices
+  gateway             reverse proxy that forwards only requests whose x-api-key is
+                      valid for their x-organization-id (cached, revocations via NATS)
   notices republish   publish the ledger again to the notices stream, from a position
 
 Every flag can also be set by the KEYLEDGER_* environment variable named in
@@ -55,6 +57,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], getenv, stdout, stderr)
+	case "gateway":
+		return gateway(ctx, args[1:], getenv, stdout, stderr)
 	case "notices":
 		return noticesCmd(ctx, args[1:], getenv, stdout, stderr)
 	default:

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyledger/keyledger/domain"
 )
@@ -45,9 +46,12 @@ type Follower struct {
 	log    *slog.Logger
 	now    func() time.Time
 	onLate func(time.Duration) // time from an event's occurrence to its application
+	delay  prometheus.Histogram
+	made   time.Time
+	gaps   atomic.Uint64
 
 	mu         sync.Mutex
-	applied    uint64    // the stream sequence of the last notice applied
+	applied    uint64  // the stream sequence of the last notice applied
 	heard      []heard // heartbeats whose sequence is not applied yet, oldest first
 	currentAt  atomic.Int64
 	appliedCnt atomic.Uint64
@@ -61,6 +65,9 @@ type FollowerOptions struct {
 	// Applied, if set, is told how long after its occurrence each event
 	// was applied.
 	Applied func(time.Duration)
+	// Registerer, if set, receives the follower's metrics: notices
+	// applied, their delay from commit, gaps, staleness.
+	Registerer prometheus.Registerer
 }
 
 // NewFollower returns a follower of cfg's stream on nc.
@@ -78,8 +85,14 @@ func NewFollower(nc *nats.Conn, cfg Config, sink Sink, o FollowerOptions) (*Foll
 	if o.Applied == nil {
 		o.Applied = func(time.Duration) {}
 	}
-	return &Follower{js: js, nc: nc, cfg: cfg.WithDefaults(), sink: sink, log: o.Logger, now: o.Now,
-		onLate: o.Applied, started: make(chan struct{})}, nil
+	f := &Follower{js: js, nc: nc, cfg: cfg.WithDefaults(), sink: sink, log: o.Logger, now: o.Now,
+		onLate: o.Applied, made: o.Now(), started: make(chan struct{})}
+	if o.Registerer != nil {
+		if err := f.registerMetrics(o.Registerer); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
 }
 
 // Started is closed once Run has subscribed: from then on, no notice
@@ -123,6 +136,7 @@ func (f *Follower) Run(ctx context.Context) error {
 	}
 	defer func() { _ = hb.Unsubscribe() }()
 	var last uint64
+	wait := 50 * time.Millisecond
 	for {
 		s, err := f.js.Stream(ctx, f.cfg.Stream)
 		if err == nil {
@@ -132,12 +146,15 @@ func (f *Follower) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		f.log.Warn("notices: stream not available yet", "stream", f.cfg.Stream, "err", err)
+		if wait >= time.Second {
+			f.log.Warn("notices: stream not available yet", "stream", f.cfg.Stream, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, time.Second)
 	}
 	f.mu.Lock()
 	f.applied = last
@@ -210,6 +227,7 @@ func (f *Follower) handle(m jetstream.Msg) {
 	if seq != f.applied+1 {
 		f.log.Warn("notices: gap in the stream; dropping what the cache learned from notices",
 			"after", f.applied, "next", seq)
+		f.gaps.Add(1)
 		f.sink.Gap()
 	}
 	e, err := Decode(m.Data())
@@ -219,7 +237,11 @@ func (f *Follower) handle(m jetstream.Msg) {
 	} else {
 		f.sink.Apply(e)
 		f.appliedCnt.Add(1)
-		f.onLate(f.now().Sub(e.OccurredAt))
+		late := f.now().Sub(e.OccurredAt)
+		f.onLate(late)
+		if f.delay != nil {
+			f.delay.Observe(late.Seconds())
+		}
 	}
 	f.applied = seq
 	for len(f.heard) > 0 && f.applied >= f.heard[0].seq {
@@ -243,6 +265,11 @@ func (f *Follower) heartbeat(m *nats.Msg) {
 	if err := json.Unmarshal(m.Data, &hb); err != nil {
 		f.log.Warn("notices: bad heartbeat", "err", err)
 		return
+	}
+	select {
+	case <-f.started:
+	default:
+		return // not reading the stream yet: it cannot vouch for this follower
 	}
 	at := f.now().Add(-hb.Lag())
 	f.mu.Lock()

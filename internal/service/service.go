@@ -7,8 +7,8 @@ package service
 import (
 	"context"
 	"crypto/rand"
-	"fmt"
 	"encoding/base64"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/keyledger/keyledger/api"
+	"github.com/keyledger/keyledger/consumers/keycache"
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/consumers/relay"
 	"github.com/keyledger/keyledger/domain"
@@ -65,7 +66,14 @@ type Options struct {
 	// Relay tunes the relay; its Notices, Logger and Registerer are set
 	// from the above.
 	Relay relay.Config
+	// StaleAfter is how long /v1/verify trusts its cached positives after
+	// the notices were last known current (default 5 s); past it, it asks
+	// Postgres.
+	StaleAfter time.Duration
 }
+
+// DefaultStaleAfter is the service's default Options.StaleAfter.
+const DefaultStaleAfter = 5 * time.Second
 
 // Service is one keyledger instance: its HTTP API and the background work
 // that Run does.
@@ -73,7 +81,12 @@ type Service struct {
 	Handler *api.Server
 	Store   *eventstore.Store
 	Relay   *relay.Relay // nil without NATS
-	log     *slog.Logger
+	// Follower applies the notices to the verification cache; nil
+	// without NATS.
+	Follower *notices.Follower
+	// Cache is /v1/verify's cache; nil without NATS.
+	Cache *keycache.Cache
+	log   *slog.Logger
 }
 
 // New builds the service on a migrated database, with its own metrics
@@ -89,7 +102,14 @@ func New(pool *pgxpool.Pool, o Options) (*Service, error) {
 	views := projections.NewViews(pool)
 	ready := map[string]api.Check{"database": pool.Ping}
 	svc := &Service{Store: store, log: o.Logger}
+	var commands api.Commands = &domain.Ledger{Store: store, KeyPrefix: o.KeyPrefix, Now: time.Now}
+	var lookup domain.KeyLookup = views
 	if o.NATS != nil {
+		if err := svc.followNotices(o, reg, views); err != nil {
+			return nil, err
+		}
+		lookup = keycache.Lookup{Cache: svc.Cache, Authority: views, Ready: svc.Follower.Started()}
+		commands = tombstoning{Commands: commands, cache: svc.Cache}
 		rc := o.Relay
 		rc.Notices, rc.Logger, rc.Registerer = o.Notices, o.Logger, reg
 		r, err := relay.New(store, o.NATS, rc)
@@ -100,9 +120,10 @@ func New(pool *pgxpool.Pool, o Options) (*Service, error) {
 		ready["nats"] = natsReady(o.NATS)
 	}
 	svc.Handler = api.New(api.Deps{
-		Commands:   &domain.Ledger{Store: store, KeyPrefix: o.KeyPrefix, Now: time.Now},
+		Commands:   commands,
 		Keys:       views,
-		Lookup:     views,
+		Lookup:     lookup,
+		Authority:  views,
 		Events:     store,
 		AdminToken: o.AdminToken,
 		KeyPrefix:  o.KeyPrefix,
@@ -122,7 +143,51 @@ func (s *Service) Run(ctx context.Context) {
 	if s.Relay != nil {
 		wg.Go(func() { s.Relay.Run(ctx) })
 	}
+	if s.Follower != nil {
+		wg.Go(func() {
+			if err := s.Follower.Run(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("notices: the verification cache does not follow them; /v1/verify asks Postgres", "err", err)
+			}
+		})
+	}
 	wg.Wait()
+}
+
+// followNotices builds /v1/verify's cache, kept current by the notices:
+// another instance's revocation reaches it within the propagation bound,
+// and while the notices are not known current it asks Postgres.
+func (s *Service) followNotices(o Options, reg prometheus.Registerer, views domain.KeyLookup) error {
+	stale := o.StaleAfter
+	if stale <= 0 {
+		stale = DefaultStaleAfter
+	}
+	var f *notices.Follower
+	cache, err := keycache.New(func() bool { return f.CurrentWithin(stale) }, keycache.Options{Registerer: reg})
+	if err != nil {
+		return err
+	}
+	f, err = notices.NewFollower(o.NATS, o.Notices, cache, notices.FollowerOptions{Logger: o.Logger, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	s.Cache, s.Follower = cache, f
+	return nil
+}
+
+// tombstoning makes read-your-writes hold for /v1/verify with a cache: once
+// RevokeKey returns, this instance's cache holds the key's tombstone,
+// without waiting for the notice.
+type tombstoning struct {
+	api.Commands
+	cache *keycache.Cache
+}
+
+func (t tombstoning) RevokeKey(ctx context.Context, cmd domain.RevokeKey) (*domain.Key, error) {
+	k, err := t.Commands.RevokeKey(ctx, cmd)
+	if err == nil && k != nil && k.RevokedAt != nil {
+		t.cache.Fill(k.Hash, k)
+	}
+	return k, err
 }
 
 func natsReady(nc *nats.Conn) api.Check {
