@@ -56,6 +56,18 @@ func (c *Config) settings() []setting {
 	}
 }
 
+// addSettings defines a flag for each setting, defaulting to its
+// environment variable, else to its default.
+func addSettings(fs *flag.FlagSet, settings []setting, getenv func(string) string) {
+	for _, s := range settings {
+		def := s.def
+		if v := getenv(s.env); v != "" {
+			def = v
+		}
+		fs.StringVar(s.target, s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+	}
+}
+
 // parseConfig reads flags over environment variables over defaults, and
 // validates every value, reporting all the bad ones at once, each by the
 // variable that set it.
@@ -68,17 +80,15 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	var c Config
 	fs := flag.NewFlagSet("keyledger "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	var used []setting
 	for _, s := range c.settings() {
 		if only != nil && !slices.Contains(only, s.flag) {
 			*s.target = s.def
 			continue
 		}
-		def := s.def
-		if v := getenv(s.env); v != "" {
-			def = v
-		}
-		fs.StringVar(s.target, s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+		used = append(used, s)
 	}
+	addSettings(fs, used, getenv)
 	c.ShutdownTimeout = 15 * time.Second
 	if only == nil {
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for in-flight requests before closing them")
@@ -115,45 +125,82 @@ func (c Config) validate() error {
 	} else if u, err := url.Parse(c.DatabaseURL); err != nil || strings.Trim(u.Path, "/") == "" {
 		bad("KEYLEDGER_DATABASE_URL", "must name a database, as in postgres://user@host:5432/keyledger")
 	}
-	if host, port, err := net.SplitHostPort(c.HTTPAddr); err != nil || port == "" {
-		bad("KEYLEDGER_HTTP_ADDR", "must be host:port, such as 127.0.0.1:8080, got %q", c.HTTPAddr)
-	} else if host != "" && net.ParseIP(host) == nil && host != "localhost" {
-		bad("KEYLEDGER_HTTP_ADDR", "host must be an IP address or localhost, got %q", host)
+	if err := checkListenAddr(c.HTTPAddr); err != nil {
+		bad("KEYLEDGER_HTTP_ADDR", "%v", err)
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		bad("KEYLEDGER_ADMIN_TOKEN", "must be at least 16 characters")
 	}
 	if c.NATSURL != "" {
-		u, err := url.Parse(c.NATSURL)
-		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
-			bad("KEYLEDGER_NATS_URL", "must be a NATS URL such as nats://127.0.0.1:4222, got %q", c.NATSURL)
+		if err := checkNATSURL(c.NATSURL); err != nil {
+			bad("KEYLEDGER_NATS_URL", "%v", err)
 		}
 	}
-	if host, port, err := net.SplitHostPort(c.NATSListen); err != nil || port == "" || (host != "" && net.ParseIP(host) == nil && host != "localhost") {
-		bad("KEYLEDGER_NATS_LISTEN", "must be host:port with an IP address or localhost, such as 127.0.0.1:4222, got %q", c.NATSListen)
+	if err := checkListenAddr(c.NATSListen); err != nil {
+		bad("KEYLEDGER_NATS_LISTEN", "%v", err)
 	}
-	if err := (notices.Config{Prefix: c.SubjectPrefix, Stream: "x"}).Validate(); err != nil {
-		bad("KEYLEDGER_NATS_SUBJECT_PREFIX", "%v", err)
-	}
-	if err := (notices.Config{Prefix: "x", Stream: c.Stream}).Validate(); err != nil {
-		bad("KEYLEDGER_NATS_STREAM", "%v", err)
-	}
+	checkNotices(c.SubjectPrefix, c.Stream, bad)
 	if c.DataDir == "" {
 		bad("KEYLEDGER_DATA_DIR", "must not be empty")
 	} else if fi, err := os.Stat(c.DataDir); err == nil && !fi.IsDir() {
 		bad("KEYLEDGER_DATA_DIR", "%s is not a directory", c.DataDir)
 	}
-	if !domain.ValidKeyPrefix(c.KeyPrefix) {
-		bad("KEYLEDGER_KEY_PREFIX", "must be a lowercase letter followed by up to 15 lowercase letters or digits, got %q", c.KeyPrefix)
+	checkCommon(c.KeyPrefix, c.LogLevel, c.ShutdownTimeout, bad, &errs)
+	return joinInvalid(errs)
+}
+
+// The checks below are shared by every command's configuration. bad
+// records a bad value under the variable that set it.
+
+// checkCommon checks the settings every long-running command has.
+func checkCommon(keyPrefix, logLevel string, shutdown time.Duration, bad func(env, format string, args ...any), errs *[]error) {
+	if !domain.ValidKeyPrefix(keyPrefix) {
+		bad("KEYLEDGER_KEY_PREFIX", "must be a lowercase letter followed by up to 15 lowercase letters or digits, got %q", keyPrefix)
 	}
-	switch c.LogLevel {
+	switch logLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		bad("KEYLEDGER_LOG_LEVEL", "must be debug, info, warn or error, got %q", c.LogLevel)
+		bad("KEYLEDGER_LOG_LEVEL", "must be debug, info, warn or error, got %q", logLevel)
 	}
-	if c.ShutdownTimeout <= 0 {
-		errs = append(errs, errors.New("--shutdown-timeout: must be positive"))
+	if shutdown <= 0 {
+		*errs = append(*errs, errors.New("--shutdown-timeout: must be positive"))
 	}
+}
+
+// checkNotices checks the subject prefix and stream name.
+func checkNotices(prefix, stream string, bad func(env, format string, args ...any)) {
+	if err := (notices.Config{Prefix: prefix, Stream: notices.DefaultStream}).Validate(); err != nil {
+		bad("KEYLEDGER_NATS_SUBJECT_PREFIX", "%v", err)
+	}
+	if err := (notices.Config{Prefix: notices.DefaultPrefix, Stream: stream}).Validate(); err != nil {
+		bad("KEYLEDGER_NATS_STREAM", "%v", err)
+	}
+}
+
+// checkNATSURL accepts one NATS URL or several, comma-separated.
+func checkNATSURL(v string) error {
+	for _, one := range strings.Split(v, ",") {
+		u, err := url.Parse(strings.TrimSpace(one))
+		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			return fmt.Errorf("must be NATS URLs such as nats://127.0.0.1:4222, got %q", one)
+		}
+	}
+	return nil
+}
+
+// checkListenAddr accepts host:port with an IP address, localhost or no host.
+func checkListenAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Errorf("must be host:port, such as 127.0.0.1:8080, got %q", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		return fmt.Errorf("host must be an IP address or localhost, got %q", host)
+	}
+	return nil
+}
+
+func joinInvalid(errs []error) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("invalid configuration:\n%w", errors.Join(errs...))
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -81,13 +80,7 @@ func parseGatewayConfig(args []string, getenv func(string) string, stderr io.Wri
 	var c gatewayConfig
 	fs := flag.NewFlagSet("keyledger gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	for _, s := range c.settings() {
-		def := s.def
-		if v := getenv(s.env); v != "" {
-			def = v
-		}
-		fs.StringVar(s.target, s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
-	}
+	addSettings(fs, c.settings(), getenv)
 	c.keepKeyHeader = getenv(keepKeyHeaderEnv)
 	keep, keepErr := parseBoolEnv(c.keepKeyHeader)
 	fs.BoolVar(&c.KeepKeyHeader, "keep-key-header", keep,
@@ -147,13 +140,8 @@ func (c *gatewayConfig) validate(keepErr error) error {
 	checkHTTPURL("KEYLEDGER_SERVICE_URL", c.ServiceURL, "http://127.0.0.1:8080")
 	if c.NATSURL == "" {
 		bad("KEYLEDGER_NATS_URL", "required: the gateway reads the notices from the NATS server the service publishes to, such as nats://127.0.0.1:4222")
-	} else {
-		for _, one := range strings.Split(c.NATSURL, ",") {
-			u, err := url.Parse(strings.TrimSpace(one))
-			if err != nil || (u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
-				bad("KEYLEDGER_NATS_URL", "must be NATS URLs such as nats://127.0.0.1:4222, got %q", one)
-			}
-		}
+	} else if err := checkNATSURL(c.NATSURL); err != nil {
+		bad("KEYLEDGER_NATS_URL", "%v", err)
 	}
 	if keepErr != nil {
 		bad(keepKeyHeaderEnv, "%v", keepErr)
@@ -163,39 +151,9 @@ func (c *gatewayConfig) validate(keepErr error) error {
 	} else {
 		c.StaleAfter = d
 	}
-	if err := (notices.Config{Prefix: c.SubjectPrefix, Stream: notices.DefaultStream}).Validate(); err != nil {
-		bad("KEYLEDGER_NATS_SUBJECT_PREFIX", "%v", err)
-	}
-	if err := (notices.Config{Prefix: notices.DefaultPrefix, Stream: c.Stream}).Validate(); err != nil {
-		bad("KEYLEDGER_NATS_STREAM", "%v", err)
-	}
-	if !domain.ValidKeyPrefix(c.KeyPrefix) {
-		bad("KEYLEDGER_KEY_PREFIX", "must be a lowercase letter followed by up to 15 lowercase letters or digits, got %q", c.KeyPrefix)
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("KEYLEDGER_LOG_LEVEL", "must be debug, info, warn or error, got %q", c.LogLevel)
-	}
-	if c.ShutdownTimeout <= 0 {
-		errs = append(errs, errors.New("--shutdown-timeout: must be positive"))
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("invalid configuration:\n%w", errors.Join(errs...))
-	}
-	return nil
-}
-
-// checkListenAddr accepts host:port with an IP address, localhost or no host.
-func checkListenAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || port == "" {
-		return fmt.Errorf("must be host:port, such as 127.0.0.1:8081, got %q", addr)
-	}
-	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
-		return fmt.Errorf("host must be an IP address or localhost, got %q", host)
-	}
-	return nil
+	checkNotices(c.SubjectPrefix, c.Stream, bad)
+	checkCommon(c.KeyPrefix, c.LogLevel, c.ShutdownTimeout, bad, &errs)
+	return joinInvalid(errs)
 }
 
 // gateway runs keyledger gateway until ctx ends.
