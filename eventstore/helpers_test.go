@@ -106,11 +106,13 @@ type ledgerRow struct {
 }
 
 // readLedger reads the whole events table in ledger order, bypassing the
-// store.
+// store. The ORDER BY names the table's columns: a bare transaction_id would
+// be the output column transaction_id::text, and text order puts "100000"
+// before "99999".
 func readLedger(t *testing.T, pool *pgxpool.Pool) []ledgerRow {
 	t.Helper()
 	rows, err := pool.Query(context.Background(), `SELECT transaction_id::text, position, id::text, key_id, stream_version
-		FROM events ORDER BY transaction_id, position`)
+		FROM events ORDER BY events.transaction_id, events.position`)
 	require.NoError(t, err)
 	var out []ledgerRow
 	for rows.Next() {

@@ -42,7 +42,13 @@ func New(pool *pgxpool.Pool, inline ...Projector) *Store {
 // Pool returns the store's connection pool.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
-const eventColumns = `position, transaction_id::text, id::text, org_id, key_id, stream_version, type, actor, occurred_at, data`
+// eventColumns are the columns scanEvents reads. The transaction id is read
+// as text (pgx has no xid8 type) under another name than the column's: an
+// output column named transaction_id would be what a bare ORDER BY
+// transaction_id sorts by, in text order, where "100000" comes before
+// "99999", and readers would leave ledger order (and skip events) whenever
+// the transaction ids gain a digit.
+const eventColumns = `position, transaction_id::text AS xid_text, id::text, org_id, key_id, stream_version, type, actor, occurred_at, data`
 
 // Load returns one key's events in version order; none if the key does not
 // exist in that organization.

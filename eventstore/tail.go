@@ -65,7 +65,7 @@ const belowHorizon = `(transaction_id, position) > ($1::text::xid8, $2)
 // again with that cursor never skips an event, however late it commits.
 func (s *Store) Tail(ctx context.Context, after Cursor, limit int) ([]domain.Event, Cursor, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE `+belowHorizon+`
-		ORDER BY transaction_id, position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
+		ORDER BY events.transaction_id, events.position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
 	return finishTail(rows, err, after)
 }
 
@@ -92,7 +92,7 @@ func (s *Store) Behind(ctx context.Context, after Cursor, limit int) (n int, old
 // OrgEvents is Tail for one organization: its audit log, in ledger order.
 func (s *Store) OrgEvents(ctx context.Context, orgID string, after Cursor, limit int) ([]domain.Event, Cursor, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE org_id = $4 AND `+belowHorizon+`
-		ORDER BY transaction_id, position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit, orgID)
+		ORDER BY events.transaction_id, events.position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit, orgID)
 	return finishTail(rows, err, after)
 }
 
