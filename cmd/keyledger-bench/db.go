@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"strconv"
@@ -75,23 +76,37 @@ type bench struct {
 	// data holds the list data set, kept from one run to the next; only the
 	// list loader writes to it, so that it stays exactly that data set.
 	data *database
-	// scratch is dropped and recreated by every run that writes (generate,
-	// verify), and dropped when the run ends.
+	// scratch is dropped and recreated by every run that writes (every
+	// scenario but list), and dropped when the run ends.
 	scratch *database
+	// nats is the run's NATS server and stream; nil when no scenario of the
+	// run needs it.
+	nats *benchNATS
 }
 
 func newBench(cfg config, progress io.Writer) *bench {
 	return &bench{
 		cfg:      cfg,
 		progress: progress,
-		runID:    strconv.FormatInt(time.Now().UnixMilli(), 36),
+		runID:    newRunID(),
 		data:     &database{name: cfg.benchDB, url: cfg.benchURL, conns: int32(cfg.loadWorkers + 2)},
 		scratch:  &database{name: cfg.scratchDB, url: cfg.scratchURL, conns: int32(cfg.loadWorkers + 2)},
 	}
 }
 
-// close closes the pools and drops the scratch database.
+// newRunID is the time in milliseconds and a random suffix, in base 36:
+// fresh for every run, also for two runs started in the same millisecond
+// (which would otherwise share a stream on a NATS server).
+func newRunID() string {
+	return strconv.FormatInt(time.Now().UnixMilli(), 36) + strconv.FormatUint(uint64(rand.Uint32N(36*36*36*36)), 36)
+}
+
+// close closes the pools, drops the scratch database and removes the run's
+// NATS stream (and the embedded server, if any).
 func (b *bench) close() {
+	if b.nats != nil {
+		b.nats.close(b.progress)
+	}
 	b.data.close()
 	if b.scratch.loader != nil {
 		b.scratch.close()

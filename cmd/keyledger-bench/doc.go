@@ -2,7 +2,7 @@
 // figure beside a baseline measured in the same run, on the same machine, with
 // the same settings.
 //
-//	go run ./cmd/keyledger-bench <generate|verify|list|all> [flags]
+//	go run ./cmd/keyledger-bench <generate|verify|list|propagation|gateway-verify|all> [flags]
 //
 // Every figure is judged as a ratio to its baseline (or, for latency targets,
 // next to it) because the load generator, the service under test and
@@ -29,6 +29,18 @@
 // domain.Ledger, projections.Views, api.New with a Prometheus registry and a
 // JSON logger) and served by a real http.Server on 127.0.0.1:0. Its request
 // log is formatted as in production but written to io.Discard.
+//
+// The service runs with NATS, as served: it relays the ledger to a stream
+// and /v1/verify answers from the cache that the notices keep current. The
+// server is the one KEYLEDGER_NATS_URL (or --nats-url) names, else one
+// embedded in the process (internal/natsserver) with its files in a
+// temporary directory. Each run publishes to a stream and subjects of its
+// own (BENCH_<run>, bench<run>.>), deleted at the end, and waits until the
+// notices followers are current before measuring anything that relies on
+// the cache. The propagation and gateway-verify scenarios add a gateway
+// client (consumers/gateway) on its own NATS connection, as a gateway
+// process would run it. gateway-verify measures with testing.Benchmark,
+// in this process, like a Go benchmark.
 //
 // Standard output gets the human-readable figures and, last, one JSON line
 // per scenario; progress goes to standard error. The exit status is 1 when a

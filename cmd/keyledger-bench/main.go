@@ -25,7 +25,7 @@ const (
 )
 
 // scenarios in the order "all" runs them.
-var scenarios = []string{"generate", "verify", "list"}
+var scenarios = []string{"generate", "verify", "list", "propagation", "gateway-verify"}
 
 const usageHead = `keyledger-bench: measure keyledger against Postgres, each figure beside a
 baseline measured in the same run.
@@ -41,13 +41,40 @@ Scenarios:
   verify    GET /v1/verify at --verify-clients connections with --verify-keys
             keys in the lookup view (bulk-loaded with Store.Import), each
             request a random valid key, beside a trivial chi handler returning
-            a small JSON body, loaded the same way.
-            ok if req/s ratio >= 0.35 and p99 < 5 ms.
+            a small JSON body, loaded the same way. The service runs with its
+            cache as served: the cache is primed with one request per key, and
+            the measurement waits until the notices follower is current.
+            ok if req/s ratio >= 0.6 (issue 3) and p99 < 5 ms (issue 2); the
+            JSON line gives each verdict too (ratio_ok, p99_ok).
   list      GET /v1/orgs/{org}/keys?q=<term>&status=active in an organization
             of --list-org-keys keys, with --list-total-keys keys in the table
             overall, at --list-clients clients with varied search terms.
             value = p99 ms, baseline = p99 ms of the unfiltered list on the same
             data; ok if p99 < 20 ms. The data set is kept between runs.
+  propagation
+            time from the RevokeKey HTTP response to a gateway client
+            (consumers/gateway, its own NATS connection) refusing the key as
+            revoked: --propagation-revocations keys, primed in the client's
+            cache, revoked one at a time; after each response the client's
+            Verify is polled (a ~20 µs sleep between polls) until it refuses.
+            Meanwhile GET /v1/verify runs at --propagation-verify-rate req/s
+            (vegeta, constant rate) and two goroutines call the client's
+            cached Verify at --propagation-gateway-rate in all. Baseline, in
+            alternating rounds under the same load: the core NATS floor,
+            publish to subscriber (another connection) of a 300-byte message,
+            one at a time, at least 1,000 messages. --rounds applies;
+            --duration and --warmup do not.
+            value = p99 ms, baseline = floor p99 ms, ratio = value / floor;
+            ok if p99 <= 10 ms.
+  gateway-verify
+            the gateway client's Verify of a cached valid key, as a Go
+            benchmark (testing.Benchmark, about 1 s per run) over a warm
+            cache of --gateway-keys keys, the client current; baseline:
+            domain.HashKey of the key and a map lookup by digest, measured
+            the same way, in --rounds alternating runs of each (--duration
+            and --warmup do not apply).
+            value = ns/op, baseline = ns/op, ratio = baseline / value;
+            ok if ns/op < 1000 and allocs/op == 0.
   all       every scenario above.
 
 The load generator and the service share this process, and on a small machine
@@ -65,9 +92,15 @@ Environment:
                           ` + defaultDatabaseURL + `);
                           the bench never touches that database: it uses
                           <name>_bench (the list data set, kept between runs)
-                          and <name>_bench_scratch (generate and verify; dropped
-                          and recreated each run) on the same server.
-  KEYLEDGER_NATS_URL      read and shown; no scenario uses NATS yet.
+                          and <name>_bench_scratch (every other scenario;
+                          dropped and recreated each run) on the same server.
+  KEYLEDGER_NATS_URL      the NATS server (with JetStream) the service publishes
+                          its notices to and gateway clients read (--nats-url);
+                          empty: an embedded server in a temporary directory.
+                          Each run uses a stream and subjects of its own
+                          (BENCH_<run>, bench<run>.>) and deletes the stream
+                          at the end. Every scenario but list runs the
+                          service with NATS, as it is served.
 
 Flags:
 `
@@ -104,6 +137,15 @@ type config struct {
 	listOrgKeys   int
 	listTotalKeys int
 	explain       bool
+
+	natsSyncAlways bool
+	currentTimeout time.Duration
+
+	propagationRevocations int
+	propagationVerifyRate  int
+	propagationGatewayRate int
+
+	gatewayKeys int
 
 	profileDir string
 }
@@ -153,7 +195,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.databaseURL, "database-url", dbURL,
 		"the service's Postgres URL (env KEYLEDGER_DATABASE_URL); the bench works in its own database on that server")
 	fs.StringVar(&c.benchDBName, "bench-database", "",
-		"name of the bench's database for the list data set (default: the service database's name + \"_bench\"); generate and verify use it + \"_scratch\"")
+		"name of the bench's database for the list data set (default: the service database's name + \"_bench\"); the other scenarios use it + \"_scratch\"")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long each measured run lasts (each baseline lasts as long)")
 	fs.IntVar(&c.rounds, "rounds", 5, "split each measured run and its baseline into this many alternating slices, so that other load on the machine weighs on both alike")
 	fs.DurationVar(&c.warmup, "warmup", 2*time.Second, "unmeasured load before each measured run, to warm connections and caches (0 for none)")
@@ -170,6 +212,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.listOrgKeys, "list-org-keys", 100000, "list: keys of the organization that is listed")
 	fs.IntVar(&c.listTotalKeys, "list-total-keys", 1000000, "list: keys in the table overall, the listed organization's included")
 	fs.BoolVar(&c.explain, "explain", false, "list: after the run, print EXPLAIN (ANALYZE, BUFFERS) of the list query for each search term")
+	natsURL := getenv("KEYLEDGER_NATS_URL")
+	fs.StringVar(&c.natsURL, "nats-url", natsURL, "NATS server with JetStream for the notices (env KEYLEDGER_NATS_URL); empty: an embedded server in a temporary directory")
+	fs.BoolVar(&c.natsSyncAlways, "nats-sync-always", false, "embedded NATS: fsync every JetStream message, as keyledger serve's embedded server does (default: nats-server's own, sync every 2 min)")
+	fs.DurationVar(&c.currentTimeout, "current-timeout", 3*time.Minute, "how long to wait for a notices follower (the service's, a gateway client's) to be current before measuring; the relay first publishes every loaded key's event")
+	fs.IntVar(&c.propagationRevocations, "propagation-revocations", 1000, "propagation: keys revoked, one at a time")
+	fs.IntVar(&c.propagationVerifyRate, "propagation-verify-rate", 1000, "propagation: background GET /v1/verify load on the service, req/s (constant rate)")
+	fs.IntVar(&c.propagationGatewayRate, "propagation-gateway-rate", 10000, "propagation: background cached Verify calls on the gateway client, per second, from two goroutines (0 for none)")
+	fs.IntVar(&c.gatewayKeys, "gateway-keys", 10000, "gateway-verify: keys in the gateway client's warm cache")
 	fs.StringVar(&c.profileDir, "profile-dir", "", "write a CPU profile of each scenario's measured rounds to <dir>/<scenario>.cpu.pprof (whole process: service, baseline and load generator)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageHead)
@@ -182,7 +232,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
-		return c, errors.New("no scenario given: one of generate, verify, list, all")
+		return c, fmt.Errorf("no scenario given: one of %s, all", strings.Join(scenarios, ", "))
 	}
 	c.scenario = fs.Arg(0)
 	if err := fs.Parse(fs.Args()[1:]); err != nil {
@@ -191,7 +241,6 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	c.natsURL = getenv("KEYLEDGER_NATS_URL")
 	return c, c.validate()
 }
 
@@ -221,6 +270,15 @@ func (c *config) validate() error {
 	positive("verify-keys", c.verifyKeys)
 	positive("list-clients", c.listClients)
 	positive("list-org-keys", c.listOrgKeys)
+	positive("propagation-revocations", c.propagationRevocations)
+	positive("propagation-verify-rate", c.propagationVerifyRate)
+	positive("gateway-keys", c.gatewayKeys)
+	if c.propagationGatewayRate < 0 {
+		errs = append(errs, errors.New("--propagation-gateway-rate: must not be negative"))
+	}
+	if c.currentTimeout <= 0 {
+		errs = append(errs, errors.New("--current-timeout: must be positive"))
+	}
 	if c.listTotalKeys < c.listOrgKeys {
 		errs = append(errs, fmt.Errorf("--list-total-keys (%d) must be at least --list-org-keys (%d)", c.listTotalKeys, c.listOrgKeys))
 	}
@@ -240,19 +298,21 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 	if cfg.scenario == "all" {
 		selected = scenarios
 	}
-	nats := cfg.natsURL
-	if nats == "" {
-		nats = "(embedded; unused)"
-	} else {
-		nats += " (unused)"
-	}
-	fmt.Fprintf(stdout, "keyledger-bench: bench databases %q (list data set, kept) and %q (scratch, new each run) at %s; the service's database %q is never touched; NATS %s\n",
-		cfg.benchDB, cfg.scratchDB, redactURL(cfg.benchURL), serviceDB(cfg.databaseURL), nats)
+	fmt.Fprintf(stdout, "keyledger-bench: bench databases %q (list data set, kept) and %q (scratch, new each run) at %s; the service's database %q is never touched\n",
+		cfg.benchDB, cfg.scratchDB, redactURL(cfg.benchURL), serviceDB(cfg.databaseURL))
 	fmt.Fprintf(stdout, "keyledger-bench: %d CPUs shared by the load generator, the service and Postgres; %s per measured run and per baseline, in %d alternating rounds, after %s of warm-up each\n",
 		runtime.NumCPU(), cfg.duration, cfg.rounds, cfg.warmup)
 
 	b := newBench(cfg, stderr)
 	defer b.close()
+	if slices.ContainsFunc(selected, needsNATS) {
+		if err := b.openNATS(); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(stdout, "keyledger-bench: NATS %s\n", b.nats.describe())
+	} else {
+		fmt.Fprintln(stdout, "keyledger-bench: NATS unused (the list scenario reads the views only)")
+	}
 	if cfg.fresh {
 		fmt.Fprintf(stderr, "bench: --fresh: dropping database %q\n", cfg.benchDB)
 		if err := dropDatabase(ctx, cfg.benchURL); err != nil {
@@ -269,7 +329,7 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 			return nil, err
 		}
 	}
-	if slices.Contains(selected, "generate") || slices.Contains(selected, "verify") {
+	if slices.ContainsFunc(selected, func(s string) bool { return s != "list" }) {
 		if err := b.scratch.recreate(ctx); err != nil {
 			return nil, err
 		}
@@ -285,6 +345,10 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 			r, err = b.verify(ctx, stdout)
 		case "list":
 			r, err = b.list(ctx, ds, stdout)
+		case "propagation":
+			r, err = b.propagation(ctx, stdout)
+		case "gateway-verify":
+			r, err = b.gatewayVerify(ctx, stdout)
 		}
 		if err != nil {
 			return results, fmt.Errorf("%s: %w", name, err)

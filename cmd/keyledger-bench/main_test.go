@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -11,7 +13,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/keyledger/keyledger/consumers/gateway/gatewaytest"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/internal/pgtest"
 )
 
 func TestBenchDatabaseNeverIsTheServiceDatabase(t *testing.T) {
@@ -55,7 +59,10 @@ func TestParseConfigTakesFlagsAroundTheScenario(t *testing.T) {
 
 	_, err = parseConfig([]string{"--help"}, env, &stderr)
 	require.True(t, errors.Is(err, flag.ErrHelp))
-	for _, f := range []string{"-duration", "-reload", "-fresh", "-pool-conns", "-explain"} {
+	for _, f := range []string{"-duration", "-reload", "-fresh", "-pool-conns", "-explain",
+		"-nats-url", "-nats-sync-always", "-current-timeout", "-propagation-revocations",
+		"-propagation-verify-rate", "-propagation-gateway-rate", "-gateway-keys",
+		"propagation", "gateway-verify"} {
 		require.Contains(t, stderr.String(), f)
 	}
 
@@ -63,6 +70,90 @@ func TestParseConfigTakesFlagsAroundTheScenario(t *testing.T) {
 	require.ErrorContains(t, err, "unknown scenario")
 	_, err = parseConfig([]string{"list", "--list-org-keys", "10", "--list-total-keys", "5"}, env, &stderr)
 	require.ErrorContains(t, err, "--list-total-keys")
+	_, err = parseConfig([]string{"propagation", "--propagation-revocations", "0"}, env, &stderr)
+	require.ErrorContains(t, err, "--propagation-revocations")
+
+	c, err = parseConfig([]string{"gateway-verify"}, func(k string) string {
+		if k == "KEYLEDGER_NATS_URL" {
+			return "nats://nats.example:4222"
+		}
+		return ""
+	}, &stderr)
+	require.NoError(t, err)
+	require.Equal(t, "nats://nats.example:4222", c.natsURL)
+	c, err = parseConfig([]string{"propagation", "--nats-url", "nats://other:4222"}, env, &stderr)
+	require.NoError(t, err)
+	require.Equal(t, "nats://other:4222", c.natsURL)
+}
+
+// runScenario runs the bench as the command would, on a bench database of
+// the test's own (so that it never drops another run's scratch database),
+// and returns its exit status and the scenario's JSON line.
+func runScenario(t *testing.T, args ...string) (int, map[string]any) {
+	t.Helper()
+	name := fmt.Sprintf("keyledger_benchtest_%d", rand.Uint32())
+	args = append(args, "--database-url", pgtest.URL(), "--bench-database", name)
+	var stdout, stderr bytes.Buffer
+	code := run(t.Context(), args, func(string) string { return "" }, &stdout, &stderr)
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	require.Contains(t, []int{0, 1}, code, "exit status: 0 (targets met) or 1 (missed), not 2 (failed)")
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	var line map[string]any
+	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &line), "the last line is the JSON line")
+	for _, f := range []string{"scenario", "value", "baseline", "ratio", "target", "ok", "unit", "criterion", "requests", "loadavg_1m"} {
+		require.Contains(t, line, f)
+	}
+	require.Equal(t, code == 0, line["ok"], "the exit status follows the verdict")
+	return code, line
+}
+
+// TestPropagationReportsRevocationLatencyBesideTheNATSFloor runs the
+// propagation scenario at a tiny size against the test NATS server. It
+// checks the report's shape and sanity, not the target.
+func TestPropagationReportsRevocationLatencyBesideTheNATSFloor(t *testing.T) {
+	t.Parallel()
+	_, line := runScenario(t, "propagation", "--nats-url", gatewaytest.NATSURL(),
+		"--propagation-revocations", "50", "--propagation-verify-rate", "100", "--propagation-gateway-rate", "1000",
+		"--rounds", "2", "--warmup", "0")
+	require.Equal(t, "propagation", line["scenario"])
+	require.Equal(t, "ms", line["unit"])
+	require.Equal(t, 10.0, line["target"])
+	require.Equal(t, 50.0, line["requests"])
+	require.Zero(t, line["errors"])
+	require.Zero(t, line["gateway_service_calls"], "every refusal came from a notice")
+	p50, p99, maxMs := line["p50_ms"].(float64), line["p99_ms"].(float64), line["max_ms"].(float64)
+	require.Positive(t, p99)
+	require.LessOrEqual(t, p50, p99)
+	require.LessOrEqual(t, p99, maxMs)
+	require.Less(t, maxMs, propagationLimit.Seconds()*1000)
+	require.Equal(t, p99, line["value"])
+	floor := line["baseline_p99_ms"].(float64)
+	require.Positive(t, floor)
+	require.Equal(t, floor, line["baseline"])
+	require.LessOrEqual(t, line["baseline_p50_ms"].(float64), floor)
+	require.InDelta(t, p99/floor, line["ratio"].(float64), 0.01*p99/floor)
+	require.Positive(t, line["background_verify_rps"])
+	require.Positive(t, line["background_gateway_verify_per_s"])
+}
+
+// TestGatewayVerifyReportsNanosecondsAndAllocationsPerHit runs the
+// gateway-verify scenario at a tiny size on an embedded NATS server. It
+// checks the report's shape and sanity, not the target.
+func TestGatewayVerifyReportsNanosecondsAndAllocationsPerHit(t *testing.T) {
+	t.Parallel()
+	_, line := runScenario(t, "gateway-verify", "--gateway-keys", "200", "--rounds", "1")
+	require.Equal(t, "gateway-verify", line["scenario"])
+	require.Equal(t, "ns/op", line["unit"])
+	require.Equal(t, 1000.0, line["target"])
+	value, baseline := line["value"].(float64), line["baseline"].(float64)
+	require.Positive(t, value)
+	require.Positive(t, baseline)
+	require.InDelta(t, baseline/value, line["ratio"].(float64), 0.01)
+	require.Contains(t, line, "allocs_per_op")
+	require.GreaterOrEqual(t, line["allocs_per_op"].(float64), 0.0)
+	require.Contains(t, line, "baseline_allocs_per_op")
+	require.Zero(t, line["gateway_service_calls"], "every call was a cache hit")
+	require.Positive(t, line["requests"])
 }
 
 func TestPercentileIsNearestRank(t *testing.T) {

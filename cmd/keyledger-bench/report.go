@@ -21,13 +21,19 @@ type result struct {
 	Target   float64 `json:"target"`
 	OK       bool    `json:"ok"`
 
-	Unit          string  `json:"unit"`
-	Criterion     string  `json:"criterion"`
-	TargetP99ms   float64 `json:"target_p99_ms,omitempty"`
-	P50ms         float64 `json:"p50_ms"`
-	P99ms         float64 `json:"p99_ms"`
-	BaselineP50ms float64 `json:"baseline_p50_ms"`
-	BaselineP99ms float64 `json:"baseline_p99_ms"`
+	Unit        string  `json:"unit"`
+	Criterion   string  `json:"criterion"`
+	TargetP99ms float64 `json:"target_p99_ms,omitempty"`
+	// RatioOK and P99OK are verify's two verdicts, each on its own; OK is
+	// both.
+	RatioOK       *bool   `json:"ratio_ok,omitempty"`
+	P99OK         *bool   `json:"p99_ok,omitempty"`
+	P50ms         float64 `json:"p50_ms,omitempty"`
+	P99ms         float64 `json:"p99_ms,omitempty"`
+	MaxMs         float64 `json:"max_ms,omitempty"`
+	BaselineP50ms float64 `json:"baseline_p50_ms,omitempty"`
+	BaselineP99ms float64 `json:"baseline_p99_ms,omitempty"`
+	BaselineMaxMs float64 `json:"baseline_max_ms,omitempty"`
 	Requests      int     `json:"requests"`
 	Errors        int     `json:"errors"`
 	BaselineErrs  int     `json:"baseline_errors"`
@@ -35,8 +41,22 @@ type result struct {
 	// spent per successful operation (omitted when Postgres is remote).
 	PgCPUus         float64 `json:"pg_cpu_us_per_op,omitempty"`
 	BaselinePgCPUus float64 `json:"baseline_pg_cpu_us_per_op,omitempty"`
-	Clients         int     `json:"clients"`
-	DurationS       float64 `json:"duration_s"`
+	// Propagation: the background load it ran under, and how many times
+	// the gateway client asked the service during the revocations (a
+	// refusal then came from the service, not from a notice).
+	BackgroundVerifyRPS  float64 `json:"background_verify_rps,omitempty"`
+	BackgroundVerifyP99  float64 `json:"background_verify_p99_ms,omitempty"`
+	BackgroundGatewayOps float64 `json:"background_gateway_verify_per_s,omitempty"`
+	GatewayServiceCalls  *int64  `json:"gateway_service_calls,omitempty"`
+	// Gateway-verify: allocations per operation, measured and baseline.
+	AllocsPerOp         *int64 `json:"allocs_per_op,omitempty"`
+	BaselineAllocsPerOp *int64 `json:"baseline_allocs_per_op,omitempty"`
+	// Verify: the positives in the service's cache after the run, and
+	// whether its follower was still current then.
+	CachedKeys   int     `json:"cached_keys,omitempty"`
+	CacheCurrent *bool   `json:"cache_current_at_end,omitempty"`
+	Clients      int     `json:"clients"`
+	DurationS    float64 `json:"duration_s"`
 	// LoadAvg1m is the machine's 1-minute load average when the scenario
 	// started: other work on the machine makes every figure noisier.
 	LoadAvg1m float64 `json:"loadavg_1m"`

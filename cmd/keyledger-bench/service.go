@@ -10,49 +10,86 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/internal/service"
 )
 
 // instance is the keyledger service under test, built and served in this
-// process the way cmd/keyledger/serve.go builds and serves it.
+// process the way cmd/keyledger/serve.go builds and serves it: with NATS, so
+// that it runs the relay and /v1/verify answers from the cache that the
+// notices keep current.
 type instance struct {
 	URL   string
 	Token string
+	svc   *service.Service
 	pool  *pgxpool.Pool
+	nc    *nats.Conn
 	srv   *server
+	stop  context.CancelFunc // ends svc.Run
+	done  chan struct{}      // closed when svc.Run has returned
 	once  sync.Once
 }
 
-// startService opens a pool of --pool-conns connections on db and serves
-// the API on 127.0.0.1:0.
+// startService opens a pool of --pool-conns connections on db and a NATS
+// connection of its own, serves the API on 127.0.0.1:0 and runs the
+// service's background work (relay, notices follower) until close.
 func (b *bench) startService(ctx context.Context, db *database) (*instance, error) {
 	pool, err := newPool(ctx, db.url, int32(b.cfg.poolConns))
 	if err != nil {
+		return nil, err
+	}
+	nc, err := service.ConnectNATS(b.nats.url, "keyledger-bench-service", slog.New(slog.NewTextHandler(b.progress, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		pool.Close()
 		return nil, err
 	}
 	token := service.NewAdminToken()
 	// As serve.go, with a JSON logger at info level writing to io.Discard, so
 	// that each request still pays for its log line.
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: domain.DefaultKeyPrefix, Logger: log})
+	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: domain.DefaultKeyPrefix, Logger: log,
+		NATS: nc, Notices: b.nats.notices})
 	if err != nil {
+		nc.Close()
 		pool.Close()
 		return nil, err
 	}
 	srv, err := serve(svc.Handler)
 	if err != nil {
+		nc.Close()
 		pool.Close()
 		return nil, err
 	}
-	return &instance{URL: srv.URL, Token: token, pool: pool, srv: srv}, nil
+	runCtx, stop := context.WithCancel(context.Background())
+	s := &instance{URL: srv.URL, Token: token, svc: svc, pool: pool, nc: nc, srv: srv, stop: stop, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		svc.Run(runCtx)
+	}()
+	return s, nil
 }
 
-// close stops the server and closes the pool; it may be called twice.
+// waitServiceCurrent waits until the service's notices follower is current: until
+// then /v1/verify does not trust its cached positives and asks Postgres.
+func (b *bench) waitServiceCurrent(ctx context.Context, s *instance) error {
+	f := s.svc.Follower
+	return b.waitCurrent(ctx, "the service's notices follower", func() bool { return f.CurrentWithin(currentBound) }, f.AppliedCount)
+}
+
+// currentBound is how recently a follower must have been known current for
+// the bench to start measuring: the relay's heartbeat comes every second.
+const currentBound = 2 * time.Second
+
+// close stops the server, the background work and the connections; it may
+// be called twice.
 func (s *instance) close() {
 	s.once.Do(func() {
 		s.srv.close()
+		s.stop()
+		<-s.done
+		s.nc.Close()
 		s.pool.Close()
 	})
 }
