@@ -102,7 +102,7 @@ func VerifierKeyOf(signerKey string) (string, error) {
 	if _, err := NewSigner(signerKey); err != nil {
 		return "", err
 	}
-	fields := strings.Split(strings.TrimPrefix(strings.TrimSpace(signerKey), "PRIVATE+KEY+"), "+")
+	fields := strings.SplitN(strings.TrimPrefix(strings.TrimSpace(signerKey), "PRIVATE+KEY+"), "+", 3)
 	if len(fields) != 3 {
 		return "", errors.New("not a signed-note signer key (PRIVATE+KEY+<name>+<hash>+<key>)")
 	}

@@ -17,6 +17,10 @@ import (
 // escaped. It refuses invalid JSON, duplicate member names, invalid UTF-8
 // and numbers that are not finite IEEE 754 doubles.
 func Canonicalize(raw []byte) ([]byte, error) {
+	if !utf8.Valid(raw) {
+		// encoding/json would replace the bad bytes: two texts, one form.
+		return nil, errors.New("canonical JSON: invalid UTF-8")
+	}
 	d := json.NewDecoder(bytes.NewReader(raw))
 	d.UseNumber()
 	v, err := readValue(d)
