@@ -93,9 +93,15 @@ func TestEveryFieldOfTheLeafChangesItsHash(t *testing.T) {
 		"stream_version": func(l *audit.Leaf) { l.StreamVersion++ },
 		"occurred_at":    func(l *audit.Leaf) { l.OccurredAt = "2026-03-03T09:14:00.6Z" },
 		"actor":          func(l *audit.Leaf) { l.Actor = "mallory" },
-		"data value":     func(l *audit.Leaf) { l.Data = json.RawMessage(`{"reason":"leakeD","key_id":"key_0123456789abcdefABCD","key_hash":"00ff"}`) },
-		"data name":      func(l *audit.Leaf) { l.Data = json.RawMessage(`{"reasoN":"leaked","key_id":"key_0123456789abcdefABCD","key_hash":"00ff"}`) },
-		"data member":    func(l *audit.Leaf) { l.Data = json.RawMessage(`{"reason":"leaked","key_id":"key_0123456789abcdefABCD","key_hash":"00ff","x":null}`) },
+		"data value": func(l *audit.Leaf) {
+			l.Data = json.RawMessage(`{"reason":"leakeD","key_id":"key_0123456789abcdefABCD","key_hash":"00ff"}`)
+		},
+		"data name": func(l *audit.Leaf) {
+			l.Data = json.RawMessage(`{"reasoN":"leaked","key_id":"key_0123456789abcdefABCD","key_hash":"00ff"}`)
+		},
+		"data member": func(l *audit.Leaf) {
+			l.Data = json.RawMessage(`{"reason":"leaked","key_id":"key_0123456789abcdefABCD","key_hash":"00ff","x":null}`)
+		},
 	} {
 		l := sampleLeaf()
 		change(&l)
