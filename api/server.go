@@ -33,10 +33,13 @@ type Check func(ctx context.Context) error
 
 // Deps is everything the API needs, built by cmd/keyledger.
 type Deps struct {
-	Commands   Commands
-	Keys       domain.KeyReader
-	Lookup     domain.KeyLookup
-	Events     EventLog
+	Commands Commands
+	Keys     domain.KeyReader
+	Lookup   domain.KeyLookup
+	Events   EventLog
+	// Audit serves the audit log's checkpoints and proofs; without it the
+	// /v1/audit endpoints are absent.
+	Audit      AuditLog
 	AdminToken string
 	KeyPrefix  string
 	Now        func() time.Time
@@ -95,6 +98,14 @@ func New(d Deps) *Server {
 		r.Get("/keys/{key_id}/events", s.handle(s.keyEvents))
 		r.Get("/events", s.handle(s.orgEvents))
 	})
+	if d.Audit != nil {
+		r.Get("/v1/audit/checkpoint", s.handle(s.checkpoint))
+		r.Route("/v1/audit/proof", func(r chi.Router) {
+			r.Use(s.requireAdmin)
+			r.Get("/inclusion", s.handle(s.inclusionProof))
+			r.Get("/consistency", s.handle(s.consistencyProof))
+		})
+	}
 	s.router = r
 	return s
 }
