@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/keyledger/keyledger/domain"
 )
 
 // RawEvent is an event as stored, its data the JSON text Postgres returns,
@@ -72,4 +74,11 @@ func ScanRawEvents(rows pgx.Rows) ([]RawEvent, error) {
 func ParseXid(s string) (uint64, error) {
 	c, err := cursorOf(s, 0)
 	return c.Xid, err
+}
+
+// ScanEventRows reads rows of RawEventColumns as decoded events, for readers
+// that select events with conditions of their own.
+func ScanEventRows(rows pgx.Rows) ([]domain.Event, error) {
+	events, _, err := scanEvents(rows)
+	return events, err
 }
