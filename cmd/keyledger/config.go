@@ -8,11 +8,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/domain"
 )
 
@@ -27,6 +30,12 @@ type Config struct {
 	KeyPrefix       string
 	ShutdownTimeout time.Duration
 	LogLevel        string
+	// AuditOrigin names the audit log, in its checkpoints; it is the name of
+	// the signing key generated on first start.
+	AuditOrigin string
+	// AuditSigningKey is the signed-note signer key of the audit log, from
+	// the environment only; if empty, the one kept in the data directory.
+	AuditSigningKey string
 }
 
 // setting is one configurable value: its flag, its environment variable, its
@@ -45,29 +54,61 @@ func (c *Config) settings() []setting {
 		{"data-dir", "KEYLEDGER_DATA_DIR", "./data", "directory for the generated admin token, embedded NATS storage and the signing key", &c.DataDir},
 		{"key-prefix", "KEYLEDGER_KEY_PREFIX", domain.DefaultKeyPrefix, "prefix of generated keys: a lowercase letter, then up to 15 lowercase letters or digits", &c.KeyPrefix},
 		{"log-level", "KEYLEDGER_LOG_LEVEL", "info", "log level: debug, info, warn or error", &c.LogLevel},
+		{"audit-origin", "KEYLEDGER_AUDIT_ORIGIN", "keyledger", "name of the audit log in its signed checkpoints, given to the signing key generated on first start (a key's name cannot change afterwards)", &c.AuditOrigin},
 	}
 }
+
+// command describes the flags of one command: the shared settings it reads
+// (all of them when nil), and flags of its own.
+type command struct {
+	name, summary string
+	settings      []string
+	extra         func(fs *flag.FlagSet)
+	// footer, printed after the flags, says what the environment sets
+	// beyond them.
+	footer string
+}
+
+const adminTokenFooter = "\nKEYLEDGER_ADMIN_TOKEN (environment only, so it stays out of process listings): the bearer token of\nthe management API; if unset, one is generated on first start, printed once and kept in <data-dir>/admin-token.\n"
+
+const signingKeyFooter = "\nKEYLEDGER_AUDIT_SIGNING_KEY (environment only): the audit log's Ed25519 signing key as a signed-note\nsigner key (PRIVATE+KEY+<name>+<hash>+<key>); if unset, the one in <data-dir>/audit-signing-key, generated\nthere (mode 0600) on first start.\n"
 
 // parseConfig reads flags over environment variables over defaults, and
 // validates every value, reporting all the bad ones at once, each by the
 // variable that set it.
 func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer, summary string) (Config, error) {
+	return parseCommand(command{name: name, summary: summary, footer: adminTokenFooter + signingKeyFooter,
+		extra: func(fs *flag.FlagSet) {}}, args, getenv, stderr)
+}
+
+// parseCommand is parseConfig for any command: only the settings the
+// command reads are flags of it, the others keep their variable's value or
+// default.
+func parseCommand(cmd command, args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
 	var c Config
-	fs := flag.NewFlagSet("keyledger "+name, flag.ContinueOnError)
+	fs := flag.NewFlagSet("keyledger "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	settings := c.settings()
-	for _, s := range settings {
+	for _, s := range c.settings() {
 		def := s.def
 		if v := getenv(s.env); v != "" {
 			def = v
 		}
-		fs.StringVar(s.target, s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+		*s.target = def
+		if cmd.settings == nil || slices.Contains(cmd.settings, s.flag) {
+			fs.StringVar(s.target, s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+		}
 	}
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests before closing them")
+	c.ShutdownTimeout = 15 * time.Second
+	if cmd.settings == nil {
+		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests before closing them")
+	}
+	if cmd.extra != nil {
+		cmd.extra(fs)
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: keyledger %s [flags]\n\n%s\n\nFlags:\n", name, summary)
+		fmt.Fprintf(stderr, "Usage: keyledger %s [flags]\n\n%s\n\nFlags:\n", cmd.name, cmd.summary)
 		fs.PrintDefaults()
-		fmt.Fprintf(stderr, "\nKEYLEDGER_ADMIN_TOKEN (environment only, so it stays out of process listings): the bearer token of\nthe management API; if unset, one is generated on first start, printed once and kept in <data-dir>/admin-token.\n")
+		fmt.Fprint(stderr, cmd.footer)
 	}
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -76,6 +117,7 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	c.AdminToken = getenv("KEYLEDGER_ADMIN_TOKEN")
+	c.AuditSigningKey = getenv("KEYLEDGER_AUDIT_SIGNING_KEY")
 	return c, c.validate()
 }
 
@@ -111,6 +153,14 @@ func (c Config) validate() error {
 	}
 	if !domain.ValidKeyPrefix(c.KeyPrefix) {
 		bad("KEYLEDGER_KEY_PREFIX", "must be a lowercase letter followed by up to 15 lowercase letters or digits, got %q", c.KeyPrefix)
+	}
+	if c.AuditOrigin == "" || strings.ContainsAny(c.AuditOrigin, "+ \t\n") || !utf8.ValidString(c.AuditOrigin) {
+		bad("KEYLEDGER_AUDIT_ORIGIN", "must be a non-empty name without spaces or '+', such as keyledger.example.com/audit, got %q", c.AuditOrigin)
+	}
+	if c.AuditSigningKey != "" {
+		if _, err := audit.NewSigner(c.AuditSigningKey); err != nil {
+			bad("KEYLEDGER_AUDIT_SIGNING_KEY", "%v", err)
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -21,7 +21,11 @@ Usage:
   keyledger <command> [flags]
 
 Commands:
-  serve     run the HTTP API (generate, list, revoke, verify keys)
+  serve     run the HTTP API (generate, list, revoke, verify keys) and the
+            sealer of the audit log
+  audit     public-key, export, verify, replay: the audit log, for security
+            teams ('keyledger audit --help')
+  views     rebuild: rebuild the list and lookup views from the log
 
 Every flag can also be set by the KEYLEDGER_* environment variable named in
 its help; a flag given on the command line wins. Run 'keyledger <command>
@@ -53,6 +57,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], getenv, stdout, stderr)
+	case "audit":
+		return auditCommand(ctx, args[1:], getenv, stdout, stderr)
+	case "views":
+		return viewsCommand(ctx, args[1:], getenv, stdout, stderr)
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", args[0])

@@ -20,7 +20,9 @@ import (
 
 const serveSummary = `Runs the HTTP API: creates the database if missing, applies migrations, and
 serves until SIGINT or SIGTERM, when it stops accepting connections and waits
-for in-flight requests (up to --shutdown-timeout).`
+for in-flight requests (up to --shutdown-timeout). It also runs the sealer of
+the audit log, which seals while this instance leads (one instance among
+those sharing the database does).`
 
 // defaultPoolConns is the pool size when the database URL sets none
 // (pool_max_conns): enough for the write path's short transactions.
@@ -46,14 +48,31 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			filepath.Join(cfg.DataDir, adminTokenFile), token)
 	}
 
+	signer, err := auditSigner(cfg, stdout)
+	if err != nil {
+		return err
+	}
+
 	pool, err := openDatabase(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 
-	server := service.NewHandler(pool, service.Options{AdminToken: token, KeyPrefix: cfg.KeyPrefix, Logger: log})
-	return listenAndServe(ctx, cfg, server, log, stdout)
+	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: cfg.KeyPrefix, Logger: log, Signer: signer})
+	if err != nil {
+		return err
+	}
+	workCtx, stopWork := context.WithCancel(ctx)
+	worked := make(chan struct{})
+	go func() {
+		defer close(worked)
+		svc.Run(workCtx)
+	}()
+	err = listenAndServe(ctx, cfg, svc.Handler, log, stdout)
+	stopWork()
+	<-worked
+	return err
 }
 
 // openDatabase creates the database if missing, connects and migrates.

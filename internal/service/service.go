@@ -1,10 +1,12 @@
 // Package service assembles the keyledger service from its parts: the event
-// store with its inline projections, the views, the ledger and the HTTP API.
+// store with its inline projections, the views, the ledger, the HTTP API and
+// the background workers (the sealer of the audit log).
 // cmd/keyledger serves what it builds; cmd/keyledger-bench measures the very
 // same thing. It reads no configuration: its callers pass every value.
 package service
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"log/slog"
@@ -15,8 +17,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/keyledger/keyledger/api"
+	"github.com/keyledger/keyledger/consumers/sealer"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections"
@@ -51,20 +55,46 @@ type Options struct {
 	AdminToken string
 	KeyPrefix  string
 	Logger     *slog.Logger
+	// Signer signs the audit log's checkpoints. Without it the service runs
+	// no sealer (it still serves what other instances sealed).
+	Signer note.Signer
 }
 
-// NewHandler builds the HTTP API on a migrated database, with its own metrics
+// Service is the assembled service: its HTTP API and its background
+// workers, sharing one event store and one metrics registry.
+type Service struct {
+	Handler *api.Server
+	Store   *eventstore.Store
+	// Sealer is nil when no signer was given.
+	Sealer *sealer.Sealer
+	log    *slog.Logger
+}
+
+// New builds the service on a migrated database, with its own metrics
 // registry (including the Go runtime and process collectors).
-func NewHandler(pool *pgxpool.Pool, o Options) *api.Server {
+func New(pool *pgxpool.Pool, o Options) (*Service, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
 	views := projections.NewViews(pool)
-	return api.New(api.Deps{
+	auditLog := sealer.NewLog(pool)
+	svc := &Service{Store: store, log: o.Logger}
+	if o.Signer != nil {
+		var err error
+		svc.Sealer, err = sealer.New(store, sealer.Options{Signer: o.Signer, Logger: o.Logger, Registry: reg})
+		if err != nil {
+			return nil, err
+		}
+	}
+	svc.Handler = api.New(api.Deps{
 		Commands:   &domain.Ledger{Store: store, KeyPrefix: o.KeyPrefix, Now: time.Now},
 		Keys:       views,
 		Lookup:     views,
-		Events:     store,
+		Events:     sealer.SealedEvents{Store: store, Log: auditLog},
+		Audit:      auditLog,
 		AdminToken: o.AdminToken,
 		KeyPrefix:  o.KeyPrefix,
 		Now:        time.Now,
@@ -72,6 +102,33 @@ func NewHandler(pool *pgxpool.Pool, o Options) *api.Server {
 		Registry:   reg,
 		Ready:      map[string]api.Check{"database": pool.Ping},
 	})
+	return svc, nil
+}
+
+// Run runs the background workers until ctx ends: the announcement of this
+// process's commits to other processes, and the sealer (which seals only
+// while this process leads).
+func (s *Service) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Store.RunNotifier(ctx, s.log)
+	}()
+	if s.Sealer != nil {
+		s.Sealer.Run(ctx)
+	}
+	<-done
+}
+
+// NewHandler builds the HTTP API alone, without background workers: what the
+// benchmarks measure.
+func NewHandler(pool *pgxpool.Pool, o Options) *api.Server {
+	o.Signer = nil
+	svc, err := New(pool, o)
+	if err != nil {
+		panic(err) // without a signer, nothing in New can fail
+	}
+	return svc.Handler
 }
 
 // NewHTTPServer wraps h in an http.Server with the timeouts keyledger serves
