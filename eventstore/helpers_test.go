@@ -110,7 +110,7 @@ type ledgerRow struct {
 func readLedger(t *testing.T, pool *pgxpool.Pool) []ledgerRow {
 	t.Helper()
 	rows, err := pool.Query(context.Background(), `SELECT transaction_id::text, position, id::text, key_id, stream_version
-		FROM events ORDER BY transaction_id, position`)
+		FROM events ORDER BY events.transaction_id, events.position`)
 	require.NoError(t, err)
 	var out []ledgerRow
 	for rows.Next() {

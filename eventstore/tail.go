@@ -59,12 +59,18 @@ func ParseCursor(s string) (Cursor, error) {
 const belowHorizon = `(transaction_id, position) > ($1::text::xid8, $2)
 	AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())`
 
+// The ORDER BY of the readers below names the table's columns: eventColumns
+// selects transaction_id::text under the name transaction_id, and an
+// unqualified ORDER BY transaction_id would sort by that text ("10" before
+// "9"), out of ledger order once transaction ids gain a digit, and without
+// the index.
+
 // Tail returns up to limit events after the cursor, in ledger order, and the
 // cursor of the last one (the given cursor if there are none). Calling it
 // again with that cursor never skips an event, however late it commits.
 func (s *Store) Tail(ctx context.Context, after Cursor, limit int) ([]domain.Event, Cursor, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE `+belowHorizon+`
-		ORDER BY transaction_id, position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
+		ORDER BY events.transaction_id, events.position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
 	return finishTail(rows, err, after)
 }
 
@@ -84,7 +90,7 @@ func (s *Store) Pending(ctx context.Context, after Cursor) (bool, error) {
 // OrgEvents is Tail for one organization: its audit log, in ledger order.
 func (s *Store) OrgEvents(ctx context.Context, orgID string, after Cursor, limit int) ([]domain.Event, Cursor, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE org_id = $4 AND `+belowHorizon+`
-		ORDER BY transaction_id, position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit, orgID)
+		ORDER BY events.transaction_id, events.position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit, orgID)
 	return finishTail(rows, err, after)
 }
 
