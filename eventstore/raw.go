@@ -32,7 +32,7 @@ type RawEvent struct {
 // of the last one (the given cursor if there are none).
 func (s *Store) TailRaw(ctx context.Context, after Cursor, limit int) ([]RawEvent, Cursor, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE `+belowHorizon+`
-		ORDER BY transaction_id, position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
+		ORDER BY events.transaction_id, events.position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
 	if err != nil {
 		return nil, after, fmt.Errorf("tail: %w", Unavailable(err))
 	}
