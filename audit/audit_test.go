@@ -159,3 +159,26 @@ func TestCheckpointSignsAndOpensOnlyWithItsKey(t *testing.T) {
 		require.Error(t, err)
 	}
 }
+
+// FuzzCanonicalize checks that whatever parses as JSON canonicalizes to
+// valid JSON of the same value, which canonicalizes to itself.
+func FuzzCanonicalize(f *testing.F) {
+	for _, s := range []string{`{"a":1,"b":[true,null,"x\u0000"]}`, `[1e3,-0,0.1,{"\u00e9":{}}]`, `"\ud83d\ude00"`, `{"a":{"a":{"a":[]}}}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out, err := audit.Canonicalize(in)
+		if err != nil {
+			return
+		}
+		var a, b any
+		if json.Unmarshal(in, &a) != nil {
+			t.Fatalf("canonicalized invalid JSON %q", in)
+		}
+		require.NoError(t, json.Unmarshal(out, &b), "%q -> %q", in, out)
+		require.Equal(t, a, b, "%q -> %q", in, out)
+		again, err := audit.Canonicalize(out)
+		require.NoError(t, err)
+		require.Equal(t, string(out), string(again))
+	})
+}

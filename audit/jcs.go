@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,147 +15,265 @@ import (
 // same value always gives the same bytes, however it was spaced, ordered or
 // escaped. It refuses invalid JSON, duplicate member names, invalid UTF-8
 // and numbers that are not finite IEEE 754 doubles.
+//
+// It parses the text itself, in one pass, because the sealer and the
+// verifier canonicalize every event's data: encoding/json's token reader
+// cost more than the rest of sealing together.
 func Canonicalize(raw []byte) ([]byte, error) {
 	if !utf8.Valid(raw) {
-		// encoding/json would replace the bad bytes: two texts, one form.
 		return nil, errors.New("canonical JSON: invalid UTF-8")
 	}
-	d := json.NewDecoder(bytes.NewReader(raw))
-	d.UseNumber()
-	v, err := readValue(d)
+	p := parser{in: raw}
+	out, err := p.value(make([]byte, 0, len(raw)), 0)
 	if err != nil {
 		return nil, fmt.Errorf("canonical JSON: %w", err)
 	}
-	if _, err := d.Token(); err == nil {
-		return nil, errors.New("canonical JSON: trailing data after the value")
+	p.space()
+	if p.i != len(p.in) {
+		return nil, fmt.Errorf("canonical JSON: trailing data at offset %d", p.i)
 	}
-	return appendCanonical(make([]byte, 0, len(raw)), v)
+	return out, nil
 }
 
-// member is one name and value of an object, in the order read.
+// maxDepth bounds nesting, so that hostile input cannot exhaust the stack.
+const maxDepth = 100
+
+type parser struct {
+	in []byte
+	i  int
+}
+
+func (p *parser) space() {
+	for p.i < len(p.in) {
+		switch p.in[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+func (p *parser) errorf(format string, args ...any) error {
+	return fmt.Errorf("offset %d: %s", p.i, fmt.Sprintf(format, args...))
+}
+
+// value appends the canonical form of the next value to out.
+func (p *parser) value(out []byte, depth int) ([]byte, error) {
+	if depth > maxDepth {
+		return nil, p.errorf("nested deeper than %d", maxDepth)
+	}
+	p.space()
+	if p.i >= len(p.in) {
+		return nil, p.errorf("unexpected end of input")
+	}
+	switch c := p.in[p.i]; {
+	case c == '{':
+		return p.object(out, depth)
+	case c == '[':
+		p.i++
+		out = append(out, '[')
+		p.space()
+		if p.i < len(p.in) && p.in[p.i] == ']' {
+			p.i++
+			return append(out, ']'), nil
+		}
+		for {
+			var err error
+			if out, err = p.value(out, depth+1); err != nil {
+				return nil, err
+			}
+			p.space()
+			if p.i >= len(p.in) {
+				return nil, p.errorf("unterminated array")
+			}
+			if p.in[p.i] == ']' {
+				p.i++
+				return append(out, ']'), nil
+			}
+			if p.in[p.i] != ',' {
+				return nil, p.errorf("want , or ] in an array")
+			}
+			p.i++
+			out = append(out, ',')
+		}
+	case c == '"':
+		s, err := p.str()
+		if err != nil {
+			return nil, err
+		}
+		return appendString(out, s), nil
+	case c == 't':
+		return p.literal(out, "true")
+	case c == 'f':
+		return p.literal(out, "false")
+	case c == 'n':
+		return p.literal(out, "null")
+	case c == '-' || c >= '0' && c <= '9':
+		return p.number(out)
+	}
+	return nil, p.errorf("unexpected %q", p.in[p.i])
+}
+
+func (p *parser) literal(out []byte, lit string) ([]byte, error) {
+	if len(p.in)-p.i < len(lit) || string(p.in[p.i:p.i+len(lit)]) != lit {
+		return nil, p.errorf("invalid literal")
+	}
+	p.i += len(lit)
+	return append(out, lit...), nil
+}
+
+// member is one name of an object and where its canonical value lies in the
+// object's scratch buffer.
 type member struct {
-	name  string
-	value any
+	name       string
+	start, end int
 }
 
-// readValue reads one value, keeping objects as ordered members so that
-// duplicates can be refused.
-func readValue(d *json.Decoder) (any, error) {
-	tok, err := d.Token()
-	if err != nil {
-		return nil, err
+func (p *parser) object(out []byte, depth int) ([]byte, error) {
+	p.i++ // {
+	var members []member
+	var vals []byte
+	p.space()
+	if p.i < len(p.in) && p.in[p.i] == '}' {
+		p.i++
+		return append(out, '{', '}'), nil
 	}
-	switch t := tok.(type) {
-	case json.Delim:
-		switch t {
-		case '{':
-			var obj []member
-			seen := map[string]bool{}
-			for d.More() {
-				nt, err := d.Token()
-				if err != nil {
-					return nil, err
-				}
-				name := nt.(string)
-				if seen[name] {
-					return nil, fmt.Errorf("duplicate member %q", name)
-				}
-				seen[name] = true
-				v, err := readValue(d)
-				if err != nil {
-					return nil, err
-				}
-				obj = append(obj, member{name, v})
-			}
-			if _, err := d.Token(); err != nil {
-				return nil, err
-			}
-			if obj == nil {
-				obj = []member{}
-			}
-			return obj, nil
-		case '[':
-			arr := []any{}
-			for d.More() {
-				v, err := readValue(d)
-				if err != nil {
-					return nil, err
-				}
-				arr = append(arr, v)
-			}
-			if _, err := d.Token(); err != nil {
-				return nil, err
-			}
-			return arr, nil
+	for {
+		p.space()
+		if p.i >= len(p.in) || p.in[p.i] != '"' {
+			return nil, p.errorf("want a member name")
 		}
-		return nil, fmt.Errorf("unexpected %v", t)
-	case string:
-		if !utf8.ValidString(t) {
-			return nil, errors.New("invalid UTF-8 in a string")
+		name, err := p.str()
+		if err != nil {
+			return nil, err
 		}
-		return t, nil
-	default:
-		return tok, nil // json.Number, bool or nil
+		p.space()
+		if p.i >= len(p.in) || p.in[p.i] != ':' {
+			return nil, p.errorf("want : after a member name")
+		}
+		p.i++
+		start := len(vals)
+		if vals, err = p.value(vals, depth+1); err != nil {
+			return nil, err
+		}
+		members = append(members, member{name, start, len(vals)})
+		p.space()
+		if p.i >= len(p.in) {
+			return nil, p.errorf("unterminated object")
+		}
+		if p.in[p.i] == '}' {
+			p.i++
+			break
+		}
+		if p.in[p.i] != ',' {
+			return nil, p.errorf("want , or } in an object")
+		}
+		p.i++
 	}
+	slices.SortFunc(members, func(x, y member) int { return compareUTF16(x.name, y.name) })
+	out = append(out, '{')
+	for i, m := range members {
+		if i > 0 {
+			if members[i-1].name == m.name {
+				return nil, fmt.Errorf("duplicate member %q", m.name)
+			}
+			out = append(out, ',')
+		}
+		out = appendString(out, m.name)
+		out = append(out, ':')
+		out = append(out, vals[m.start:m.end]...)
+	}
+	return append(out, '}'), nil
 }
 
-func appendCanonical(b []byte, v any) ([]byte, error) {
-	switch t := v.(type) {
-	case nil:
-		return append(b, "null"...), nil
-	case bool:
-		return strconv.AppendBool(b, t), nil
-	case string:
-		return appendString(b, t), nil
-	case json.Number:
-		return appendNumber(b, t)
-	case []any:
-		b = append(b, '[')
-		for i, e := range t {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			var err error
-			if b, err = appendCanonical(b, e); err != nil {
-				return nil, err
-			}
+// str reads a string and returns its value.
+func (p *parser) str() (string, error) {
+	p.i++ // opening quote
+	start := p.i
+	// Fast path: no escapes.
+	for p.i < len(p.in) {
+		c := p.in[p.i]
+		if c == '"' {
+			s := string(p.in[start:p.i])
+			p.i++
+			return s, nil
 		}
-		return append(b, ']'), nil
-	case []member:
-		sorted := slices.Clone(t)
-		slices.SortFunc(sorted, func(x, y member) int { return compareUTF16(x.name, y.name) })
-		b = append(b, '{')
-		for i, m := range sorted {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, m.name)
-			b = append(b, ':')
-			var err error
-			if b, err = appendCanonical(b, m.value); err != nil {
-				return nil, err
-			}
+		if c == '\\' {
+			break
 		}
-		return append(b, '}'), nil
+		if c < 0x20 {
+			return "", p.errorf("control character in a string")
+		}
+		p.i++
 	}
-	return nil, fmt.Errorf("canonical JSON: unexpected %T", v)
+	// Slow path: find the end, let encoding/json decode the escapes.
+	for p.i < len(p.in) {
+		switch c := p.in[p.i]; {
+		case c == '\\':
+			p.i += 2
+		case c == '"':
+			var s string
+			if err := json.Unmarshal(p.in[start-1:p.i+1], &s); err != nil {
+				return "", p.errorf("invalid string: %v", err)
+			}
+			p.i++
+			if !utf8.ValidString(s) {
+				return "", p.errorf("invalid UTF-16 escape in a string")
+			}
+			return s, nil
+		case c < 0x20:
+			return "", p.errorf("control character in a string")
+		default:
+			p.i++
+		}
+	}
+	return "", p.errorf("unterminated string")
 }
 
-// appendNumber writes a number as ECMAScript's Number.prototype.toString
-// does, which is what encoding/json does for a float64.
-func appendNumber(b []byte, n json.Number) ([]byte, error) {
-	f, err := strconv.ParseFloat(string(n), 64)
+// number appends a number as ECMAScript's Number.prototype.toString writes
+// it (which is what encoding/json does for a float64).
+func (p *parser) number(out []byte) ([]byte, error) {
+	start := p.i
+	integer := true
+	if p.in[p.i] == '-' {
+		p.i++
+	}
+	for p.i < len(p.in) {
+		c := p.in[p.i]
+		if c >= '0' && c <= '9' {
+			p.i++
+			continue
+		}
+		if c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-' {
+			integer = false
+			p.i++
+			continue
+		}
+		break
+	}
+	tok := string(p.in[start:p.i])
+	if !json.Valid(p.in[start:p.i]) {
+		return nil, p.errorf("invalid number %q", tok)
+	}
+	if integer && len(tok) < 16 { // exact in a double: written as it is
+		if tok == "-0" {
+			return append(out, '0'), nil
+		}
+		return append(out, tok...), nil
+	}
+	f, err := strconv.ParseFloat(tok, 64)
 	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-		return nil, fmt.Errorf("canonical JSON: number %s is not a finite double", n)
+		return nil, p.errorf("number %s is not a finite double", tok)
 	}
 	if f == 0 {
-		return append(b, '0'), nil // -0 too
+		return append(out, '0'), nil
 	}
-	out, err := json.Marshal(f)
+	b, err := json.Marshal(f)
 	if err != nil {
 		return nil, err
 	}
-	return append(b, out...), nil
+	return append(out, b...), nil
 }
 
 // appendString writes s as JCS does: only '"', '\\' and control characters
@@ -164,27 +281,32 @@ func appendNumber(b []byte, n json.Number) ([]byte, error) {
 func appendString(b []byte, s string) []byte {
 	const hexDigits = "0123456789abcdef"
 	b = append(b, '"')
+	start := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		start = i + 1
+		switch c {
+		case '"', '\\':
 			b = append(b, '\\', c)
-		case c == '\b':
+		case '\b':
 			b = append(b, '\\', 'b')
-		case c == '\f':
+		case '\f':
 			b = append(b, '\\', 'f')
-		case c == '\n':
+		case '\n':
 			b = append(b, '\\', 'n')
-		case c == '\r':
+		case '\r':
 			b = append(b, '\\', 'r')
-		case c == '\t':
+		case '\t':
 			b = append(b, '\\', 't')
-		case c < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
 		default:
-			b = append(b, c)
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
 		}
 	}
+	b = append(b, s[start:]...)
 	return append(b, '"')
 }
 
@@ -192,19 +314,15 @@ func appendString(b []byte, s string) []byte {
 // member names.
 func compareUTF16(x, y string) int {
 	if isASCII(x) && isASCII(y) {
-		return cmpStrings(x, y)
+		switch {
+		case x < y:
+			return -1
+		case x > y:
+			return 1
+		}
+		return 0
 	}
 	return slices.Compare(utf16.Encode([]rune(x)), utf16.Encode([]rune(y)))
-}
-
-func cmpStrings(x, y string) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
 }
 
 func isASCII(s string) bool {

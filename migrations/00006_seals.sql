@@ -5,7 +5,10 @@
 --
 -- seals: one row per sealed event. position joins it to its event; org_id and
 -- org_prev_seq chain each organization's sealed events, so that an export of
--- one organization can show that none is missing.
+-- one organization can show that none is missing. Only the keys are indexed,
+-- both of them in insertion order: an index on org_id would take a random
+-- insert per sealed event. An organization's seals are found through the
+-- events table's events_org_order index instead.
 --
 -- merkle_nodes: the hashes of the complete subtrees of 16 leaves or more
 -- (level >= 4), written with the leaves they cover. A node below level 4 is
@@ -25,7 +28,6 @@ CREATE TABLE seals (
     sealed_at    timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT seals_position UNIQUE (position)
 );
-CREATE INDEX seals_org ON seals (org_id, seq);
 
 CREATE TABLE merkle_nodes (
     level smallint NOT NULL CHECK (level >= 4 AND level < 64),

@@ -54,7 +54,7 @@ func Export(ctx context.Context, pool *pgxpool.Pool, orgID string, since time.Ti
 	// The count and last seq go in the header, before the lines.
 	var last *int64
 	if err := tx.QueryRow(ctx, `SELECT count(*), max(s.seq) FROM seals s JOIN events e ON e.position = s.position
-		WHERE s.org_id = $1 AND s.seq < $2 AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)`,
+		WHERE e.org_id = $1 AND s.org_id = $1 AND s.seq < $2 AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)`,
 		orgID, size, sinceArg).Scan(&h.Events, &last); err != nil {
 		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))
 	}
@@ -72,7 +72,7 @@ func Export(ctx context.Context, pool *pgxpool.Pool, orgID string, since time.Ti
 	}
 	rows, err := tx.Query(ctx, `SELECT s.seq, s.org_prev_seq, s.leaf_hash, `+eventstore.RawEventColumns+`
 		FROM seals s JOIN events e ON e.position = s.position
-		WHERE s.org_id = $1 AND s.seq < $2 AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)
+		WHERE e.org_id = $1 AND s.org_id = $1 AND s.seq < $2 AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)
 		ORDER BY s.seq`, orgID, size, sinceArg)
 	if err != nil {
 		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))

@@ -2,7 +2,6 @@ package sealer
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -243,6 +242,17 @@ func (s *Sealer) load(ctx context.Context) (*state, error) {
 			return nil, fmt.Errorf("sealer: load the tree: %w", err)
 		}
 	}
+	// Each organization's last seal, in one pass over the seals: once per
+	// leadership term, instead of a lookup per organization met.
+	rows, err := s.pool.Query(ctx, `SELECT org_id, max(seq) FROM seals GROUP BY org_id`)
+	if err != nil {
+		return nil, fmt.Errorf("sealer: load: %w", eventstore.Unavailable(err))
+	}
+	var org string
+	var head int64
+	if _, err := pgx.ForEachRow(rows, []any{&org, &head}, func() error { st.orgHeads[org] = head; return nil }); err != nil {
+		return nil, fmt.Errorf("sealer: load: %w", eventstore.Unavailable(err))
+	}
 	var size int64
 	err = s.pool.QueryRow(ctx, `SELECT tree_size, created_at FROM checkpoints ORDER BY tree_size DESC LIMIT 1`).Scan(&size, &st.checkpointAt)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -253,108 +263,120 @@ func (s *Sealer) load(ctx context.Context) (*state, error) {
 	return st, nil
 }
 
-// sealAll seals batches until none is full.
+// sealAll seals batches until none is full. Reading and hashing the next
+// batch overlaps with writing the last one: one goroutine advances the state
+// batch by batch, the other commits the batches in order. On error the state
+// is stale (it may be ahead of what was committed): the caller must load it
+// again.
 func (s *Sealer) sealAll(ctx context.Context, st *state) error {
-	for {
-		n, err := s.sealBatch(ctx, st)
-		if err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan *batch, 1)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(batches)
+		for {
+			b, err := s.nextBatch(ctx, st)
+			if err != nil || b == nil {
+				readErr <- err
+				return
+			}
+			select {
+			case batches <- b:
+			case <-ctx.Done():
+				readErr <- ctx.Err()
+				return
+			}
+			if b.n < s.o.Batch {
+				readErr <- nil
+				return
+			}
+		}
+	}()
+	for b := range batches {
+		if err := s.write(ctx, b); err != nil {
+			cancel()
+			for range batches {
+			}
+			<-readErr
 			return err
 		}
-		if n < s.o.Batch {
-			return nil
-		}
 	}
+	return <-readErr
 }
 
-// sealBatch seals the next batch of committed events in one transaction and
-// returns how many it sealed. On error the state is stale: the caller must
-// load it again.
-func (s *Sealer) sealBatch(ctx context.Context, st *state) (int, error) {
+// batch is a sealed batch ready to be written.
+type batch struct {
+	n        int
+	first    uint64
+	seals    [][]any
+	nodes    [][]any
+	occurred []time.Time
+}
+
+// nextBatch reads the next committed events after the state's cursor,
+// assigns their seqs, hashes them into the tree and advances the state. It
+// returns nil when there is nothing to seal.
+func (s *Sealer) nextBatch(ctx context.Context, st *state) (*batch, error) {
 	events, cursor, err := s.store.TailRaw(ctx, st.cursor, s.o.Batch)
 	if err != nil || len(events) == 0 {
-		return 0, err
+		return nil, err
 	}
-	if err := s.loadOrgHeads(ctx, st, events); err != nil {
-		return 0, err
-	}
-	seals := make([][]any, len(events))
-	var nodes [][]any
+	b := &batch{n: len(events), first: st.size, seals: make([][]any, len(events)), occurred: make([]time.Time, len(events))}
 	visit := func(id compact.NodeID, hash []byte) {
 		if id.Level >= storedLevel {
-			nodes = append(nodes, []any{int16(id.Level), int64(id.Index), hash})
+			b.nodes = append(b.nodes, []any{int16(id.Level), int64(id.Index), hash})
 		}
 	}
 	for i, e := range events {
 		seq := int64(st.size) + int64(i)
 		leaf := leafOf(e, seq, nil)
-		if prev, ok := st.orgHeads[e.OrgID]; ok && prev >= 0 {
+		if prev, ok := st.orgHeads[e.OrgID]; ok {
 			leaf.OrgPrevSeq = &prev
 		}
 		hash, err := leaf.Hash()
 		if err != nil {
-			return 0, fmt.Errorf("sealer: event %s: %w", e.ID, err)
+			return nil, fmt.Errorf("sealer: event %s: %w", e.ID, err)
 		}
 		if err := st.rng.Append(hash, visit); err != nil {
-			return 0, err
+			return nil, err
 		}
 		st.orgHeads[e.OrgID] = seq
-		seals[i] = []any{seq, e.Cursor.Position, e.ID, e.OrgID, leaf.OrgPrevSeq, hash}
+		b.seals[i] = []any{seq, e.Cursor.Position, e.ID, e.OrgID, leaf.OrgPrevSeq, hash}
+		b.occurred[i] = e.OccurredAt
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	st.size += uint64(len(events))
+	st.cursor = cursor
+	return b, nil
+}
+
+// write commits one batch's seals and tree nodes in one transaction.
+func (s *Sealer) write(ctx context.Context, b *batch) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"seals"},
-			[]string{"seq", "position", "event_id", "org_id", "org_prev_seq", "leaf_hash"}, pgx.CopyFromRows(seals)); err != nil {
+			[]string{"seq", "position", "event_id", "org_id", "org_prev_seq", "leaf_hash"}, pgx.CopyFromRows(b.seals)); err != nil {
 			return err
 		}
-		if len(nodes) > 0 {
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"merkle_nodes"}, []string{"level", "idx", "hash"}, pgx.CopyFromRows(nodes)); err != nil {
+		if len(b.nodes) > 0 {
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"merkle_nodes"}, []string{"level", "idx", "hash"}, pgx.CopyFromRows(b.nodes)); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("sealer: seal seq %d to %d: %w", st.size, st.size+uint64(len(events))-1, eventstore.Unavailable(err))
+		return fmt.Errorf("sealer: seal seq %d to %d: %w", b.first, b.first+uint64(b.n)-1, eventstore.Unavailable(err))
 	}
-	st.size += uint64(len(events))
-	st.cursor = cursor
 	now := s.o.Now()
-	for _, e := range events {
-		lag := now.Sub(e.OccurredAt)
+	for _, at := range b.occurred {
+		lag := now.Sub(at)
 		s.metrics.lag.Observe(lag.Seconds())
 		if s.o.ObserveLag != nil {
 			s.o.ObserveLag(lag)
 		}
 	}
-	s.metrics.sealed.Add(float64(len(events)))
-	s.metrics.treeSize.Set(float64(st.size))
-	return len(events), nil
-}
-
-// loadOrgHeads looks up the last sealed seq of the batch's organizations
-// that the state does not know yet (-1 for one with none).
-func (s *Sealer) loadOrgHeads(ctx context.Context, st *state, events []eventstore.RawEvent) error {
-	var unknown []string
-	seen := map[string]bool{}
-	for _, e := range events {
-		if _, ok := st.orgHeads[e.OrgID]; !ok && !seen[e.OrgID] {
-			seen[e.OrgID] = true
-			unknown = append(unknown, e.OrgID)
-		}
-	}
-	if len(unknown) == 0 {
-		return nil
-	}
-	rows, err := s.pool.Query(ctx, `SELECT o, coalesce((SELECT max(seq) FROM seals WHERE org_id = o), -1)
-		FROM unnest($1::text[]) AS o`, unknown)
-	if err != nil {
-		return fmt.Errorf("sealer: organizations' last seals: %w", eventstore.Unavailable(err))
-	}
-	var org string
-	var seq int64
-	_, err = pgx.ForEachRow(rows, []any{&org, &seq}, func() error { st.orgHeads[org] = seq; return nil })
-	if err != nil {
-		return fmt.Errorf("sealer: organizations' last seals: %w", eventstore.Unavailable(err))
-	}
+	s.metrics.sealed.Add(float64(b.n))
+	s.metrics.treeSize.Set(float64(b.first) + float64(b.n))
 	return nil
 }
 
@@ -386,6 +408,3 @@ func leafOf(e eventstore.RawEvent, seq int64, orgPrev *int64) audit.Leaf {
 		OccurredAt: domain.FormatTime(e.OccurredAt), Actor: e.Actor, Data: e.Data,
 	}
 }
-
-// hexHash writes one hash as JSON carries it.
-func hexHash(h []byte) string { return hex.EncodeToString(h) }

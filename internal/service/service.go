@@ -58,6 +58,9 @@ type Options struct {
 	// Signer signs the audit log's checkpoints. Without it the service runs
 	// no sealer (it still serves what other instances sealed).
 	Signer note.Signer
+	// SealLag, if not nil, is told the seal lag of each event this process
+	// seals (the benchmarks read it; operators read the metric).
+	SealLag func(time.Duration)
 }
 
 // Service is the assembled service: its HTTP API and its background
@@ -84,7 +87,7 @@ func New(pool *pgxpool.Pool, o Options) (*Service, error) {
 	svc := &Service{Store: store, log: o.Logger}
 	if o.Signer != nil {
 		var err error
-		svc.Sealer, err = sealer.New(store, sealer.Options{Signer: o.Signer, Logger: o.Logger, Registry: reg})
+		svc.Sealer, err = sealer.New(store, sealer.Options{Signer: o.Signer, Logger: o.Logger, Registry: reg, ObserveLag: o.SealLag})
 		if err != nil {
 			return nil, err
 		}
