@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,8 +24,14 @@ func Canonicalize(raw []byte) ([]byte, error) {
 	if !utf8.Valid(raw) {
 		return nil, errors.New("canonical JSON: invalid UTF-8")
 	}
+	return appendCanonical(make([]byte, 0, len(raw)), raw)
+}
+
+// appendCanonical appends the canonical form of raw, which must be valid
+// UTF-8, to out.
+func appendCanonical(out, raw []byte) ([]byte, error) {
 	p := parser{in: raw}
-	out, err := p.value(make([]byte, 0, len(raw)), 0)
+	out, err := p.value(out, 0)
 	if err != nil {
 		return nil, fmt.Errorf("canonical JSON: %w", err)
 	}
@@ -98,11 +105,16 @@ func (p *parser) value(out []byte, depth int) ([]byte, error) {
 			out = append(out, ',')
 		}
 	case c == '"':
-		s, err := p.str()
+		s, escaped, err := p.str()
 		if err != nil {
 			return nil, err
 		}
-		return appendString(out, s), nil
+		if !escaped { // already canonical: no escape, no control character
+			out = append(out, '"')
+			out = append(out, s...)
+			return append(out, '"'), nil
+		}
+		return appendString(out, string(s)), nil
 	case c == 't':
 		return p.literal(out, "true")
 	case c == 'f':
@@ -126,13 +138,14 @@ func (p *parser) literal(out []byte, lit string) ([]byte, error) {
 // member is one name of an object and where its canonical value lies in the
 // object's scratch buffer.
 type member struct {
-	name       string
+	name       []byte
 	start, end int
 }
 
 func (p *parser) object(out []byte, depth int) ([]byte, error) {
 	p.i++ // {
-	var members []member
+	var spare [16]member
+	members := spare[:0]
 	var vals []byte
 	p.space()
 	if p.i < len(p.in) && p.in[p.i] == '}' {
@@ -144,7 +157,7 @@ func (p *parser) object(out []byte, depth int) ([]byte, error) {
 		if p.i >= len(p.in) || p.in[p.i] != '"' {
 			return nil, p.errorf("want a member name")
 		}
-		name, err := p.str()
+		name, _, err := p.str()
 		if err != nil {
 			return nil, err
 		}
@@ -153,6 +166,9 @@ func (p *parser) object(out []byte, depth int) ([]byte, error) {
 			return nil, p.errorf("want : after a member name")
 		}
 		p.i++
+		if vals == nil {
+			vals = make([]byte, 0, len(p.in)-p.i)
+		}
 		start := len(vals)
 		if vals, err = p.value(vals, depth+1); err != nil {
 			return nil, err
@@ -175,35 +191,37 @@ func (p *parser) object(out []byte, depth int) ([]byte, error) {
 	out = append(out, '{')
 	for i, m := range members {
 		if i > 0 {
-			if members[i-1].name == m.name {
+			if bytes.Equal(members[i-1].name, m.name) {
 				return nil, fmt.Errorf("duplicate member %q", m.name)
 			}
 			out = append(out, ',')
 		}
-		out = appendString(out, m.name)
+		out = appendString(out, string(m.name))
 		out = append(out, ':')
 		out = append(out, vals[m.start:m.end]...)
 	}
 	return append(out, '}'), nil
 }
 
-// str reads a string and returns its value.
-func (p *parser) str() (string, error) {
+// str reads a string and returns its value, and whether it had escapes (its
+// value is then decoded, and may need escapes again in canonical form).
+// Without escapes the value is a slice of the input.
+func (p *parser) str() ([]byte, bool, error) {
 	p.i++ // opening quote
 	start := p.i
 	// Fast path: no escapes.
 	for p.i < len(p.in) {
 		c := p.in[p.i]
 		if c == '"' {
-			s := string(p.in[start:p.i])
+			s := p.in[start:p.i]
 			p.i++
-			return s, nil
+			return s, false, nil
 		}
 		if c == '\\' {
 			break
 		}
 		if c < 0x20 {
-			return "", p.errorf("control character in a string")
+			return nil, false, p.errorf("control character in a string")
 		}
 		p.i++
 	}
@@ -215,20 +233,20 @@ func (p *parser) str() (string, error) {
 		case c == '"':
 			var s string
 			if err := json.Unmarshal(p.in[start-1:p.i+1], &s); err != nil {
-				return "", p.errorf("invalid string: %v", err)
+				return nil, false, p.errorf("invalid string: %v", err)
 			}
 			p.i++
 			if !utf8.ValidString(s) {
-				return "", p.errorf("invalid UTF-16 escape in a string")
+				return nil, false, p.errorf("invalid UTF-16 escape in a string")
 			}
-			return s, nil
+			return []byte(s), true, nil
 		case c < 0x20:
-			return "", p.errorf("control character in a string")
+			return nil, false, p.errorf("control character in a string")
 		default:
 			p.i++
 		}
 	}
-	return "", p.errorf("unterminated string")
+	return nil, false, p.errorf("unterminated string")
 }
 
 // number appends a number as ECMAScript's Number.prototype.toString writes
@@ -310,22 +328,16 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// compareUTF16 orders strings by their UTF-16 code units, as JCS sorts
-// member names.
-func compareUTF16(x, y string) int {
+// compareUTF16 orders names by their UTF-16 code units, as JCS sorts
+// member names. For ASCII, that is byte order.
+func compareUTF16(x, y []byte) int {
 	if isASCII(x) && isASCII(y) {
-		switch {
-		case x < y:
-			return -1
-		case x > y:
-			return 1
-		}
-		return 0
+		return bytes.Compare(x, y)
 	}
-	return slices.Compare(utf16.Encode([]rune(x)), utf16.Encode([]rune(y)))
+	return slices.Compare(utf16.Encode([]rune(string(x))), utf16.Encode([]rune(string(y))))
 }
 
-func isASCII(s string) bool {
+func isASCII(s []byte) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= utf8.RuneSelf {
 			return false

@@ -1,10 +1,12 @@
 package audit
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/transparency-dev/merkle/rfc6962"
 )
@@ -33,16 +35,21 @@ type Leaf struct {
 
 // Encode returns the leaf's canonical encoding, version 1.
 func (l Leaf) Encode() ([]byte, error) {
-	data, err := Canonicalize(l.Data)
-	if err != nil {
-		return nil, fmt.Errorf("seq %d: data: %w", l.Seq, err)
+	return l.appendEncoding(make([]byte, 0, len(l.Data)+256))
+}
+
+func (l Leaf) appendEncoding(b []byte) ([]byte, error) {
+	if !utf8.Valid(l.Data) {
+		return nil, fmt.Errorf("seq %d: data: invalid UTF-8", l.Seq)
 	}
-	b := make([]byte, 0, len(data)+256)
 	// The members in JCS order: sorted by name.
 	b = append(b, `{"actor":`...)
 	b = appendString(b, l.Actor)
 	b = append(b, `,"data":`...)
-	b = append(b, data...)
+	b, err := appendCanonical(b, l.Data)
+	if err != nil {
+		return nil, fmt.Errorf("seq %d: data: %w", l.Seq, err)
+	}
 	b = append(b, `,"id":`...)
 	b = appendString(b, l.ID)
 	b = append(b, `,"key_id":`...)
@@ -70,13 +77,15 @@ func (l Leaf) Encode() ([]byte, error) {
 	return append(b, '}'), nil
 }
 
-// Hash returns the leaf's RFC 6962 leaf hash.
+// Hash returns the leaf's RFC 6962 leaf hash, SHA-256(0x00 || Encode()).
 func (l Leaf) Hash() ([]byte, error) {
-	enc, err := l.Encode()
+	var spare [1024]byte
+	b, err := l.appendEncoding(append(spare[:0], 0x00))
 	if err != nil {
 		return nil, err
 	}
-	return Hasher.HashLeaf(enc), nil
+	sum := sha256.Sum256(b)
+	return sum[:], nil
 }
 
 // Hasher is the RFC 6962 SHA-256 hasher of keyledger's Merkle tree.

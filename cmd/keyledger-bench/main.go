@@ -58,7 +58,8 @@ Scenarios:
   audit-verify
             keyledger audit verify (sealer.Verify) over the same sealed
             events, beside the same raw floor. ok if ratio >= 0.3.
-  all       every scenario above.
+  all       every scenario above. Several scenarios can be given as a
+            comma-separated list: seal,audit-verify share one data set.
 
 The load generator and the service share this process, and on a small machine
 they share the CPUs with Postgres: that is why every figure is read as a ratio
@@ -212,8 +213,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 
 func (c *config) validate() error {
 	var errs []error
-	if c.scenario != "all" && !slices.Contains(scenarios, c.scenario) {
-		errs = append(errs, fmt.Errorf("unknown scenario %q: one of %s, all", c.scenario, strings.Join(scenarios, ", ")))
+	if c.scenario != "all" {
+		for _, s := range strings.Split(c.scenario, ",") {
+			if !slices.Contains(scenarios, s) {
+				errs = append(errs, fmt.Errorf("unknown scenario %q: one of %s, all, or a comma-separated list", s, strings.Join(scenarios, ", ")))
+			}
+		}
 	}
 	var err error
 	if c.benchURL, c.benchDB, err = benchDatabaseURL(c.databaseURL, c.benchDBName); err != nil {
@@ -253,7 +258,7 @@ func (c *config) validate() error {
 // runScenarios prepares the bench databases and runs the chosen scenarios,
 // returning the result of each one that completed.
 func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]result, error) {
-	selected := []string{cfg.scenario}
+	selected := strings.Split(cfg.scenario, ",")
 	if cfg.scenario == "all" {
 		selected = scenarios
 	}

@@ -33,12 +33,8 @@ Run 'keyledger audit <command> --help' for a command's flags.
 `
 
 func auditCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, auditUsage)
-		if len(args) == 0 {
-			return errors.New("no audit command given")
-		}
-		return flag.ErrHelp
+	if done, err := groupHelp(args, auditUsage, "audit command", stdout); done {
+		return err
 	}
 	switch args[0] {
 	case "public-key":

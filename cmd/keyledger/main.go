@@ -47,12 +47,8 @@ func main() {
 
 // run dispatches a command. It is main without the process: tests call it.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, usage)
-		if len(args) == 0 {
-			return errors.New("no command given")
-		}
-		return flag.ErrHelp
+	if done, err := groupHelp(args, usage, "command", stdout); done {
+		return err
 	}
 	switch args[0] {
 	case "serve":
@@ -65,4 +61,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", args[0])
 	}
+}
+
+// groupHelp answers a command group (the binary, audit, views) called with
+// no command, which is an error, or with a request for help, printing its
+// usage; done says whether it did.
+func groupHelp(args []string, usage, what string, stdout io.Writer) (done bool, err error) {
+	if len(args) > 0 && args[0] != "-h" && args[0] != "--help" && args[0] != "help" {
+		return false, nil
+	}
+	fmt.Fprint(stdout, usage)
+	if len(args) == 0 {
+		return true, fmt.Errorf("no %s given", what)
+	}
+	return true, flag.ErrHelp
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 
@@ -20,12 +18,8 @@ Run 'keyledger views <command> --help' for a command's flags.
 `
 
 func viewsCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, viewsUsage)
-		if len(args) == 0 {
-			return errors.New("no views command given")
-		}
-		return flag.ErrHelp
+	if done, err := groupHelp(args, viewsUsage, "views command", stdout); done {
+		return err
 	}
 	if args[0] != "rebuild" {
 		fmt.Fprint(stderr, viewsUsage)
