@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -58,10 +57,16 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, verifier note.Verifier, pro
 	}
 	rep.Checkpoints = len(checkpoints)
 
-	chunks := make(chan verifyRows, 2)
+	fetched := make(chan verifyRows, 1)
+	chunks := make(chan verifyRows, 1)
 	fetchCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go fetchSeals(fetchCtx, pool, chunks)
+	defer func() {
+		cancel()
+		for range chunks { // let the reader and the hasher end
+		}
+	}()
+	go fetchSeals(fetchCtx, pool, fetched)
+	go hashChunks(fetchCtx, fetched, chunks)
 
 	rng := audit.NewRange()
 	heads := map[string]int64{}
@@ -157,7 +162,8 @@ func loadCheckpoints(ctx context.Context, pool *pgxpool.Pool, verifier note.Veri
 	return out, nil
 }
 
-// verifyRow is one seal with the event now at its position, if any.
+// verifyRow is one seal with the event now at its position, if any, and the
+// leaf hash derived from that event.
 type verifyRow struct {
 	seq        int64
 	position   int64
@@ -167,6 +173,8 @@ type verifyRow struct {
 	leafHash   []byte
 	found      bool
 	event      eventstore.RawEvent
+	derived    []byte
+	hashErr    error
 }
 
 type verifyRows struct {
@@ -175,53 +183,92 @@ type verifyRows struct {
 }
 
 // fetchSeals sends the seals in seq order, a chunk at a time, each with the
-// event now at its position, so that reading the next chunk overlaps with
-// checking this one.
+// event now at its position. A chunk's events are read by one range scan of
+// their positions (ledger order is nearly position order), not by a lookup
+// per seal. Reading runs ahead of hashing, which runs ahead of checking: the
+// three overlap.
 func fetchSeals(ctx context.Context, pool *pgxpool.Pool, out chan<- verifyRows) {
 	defer close(out)
 	for from := int64(0); ; from += verifyChunk {
-		rows, err := pool.Query(ctx, `SELECT s.seq, s.position, s.event_id::text, s.org_id, s.org_prev_seq, s.leaf_hash,
-				e.position, e.transaction_id::text, e.id::text, e.org_id, e.key_id, e.stream_version, e.type, e.actor, e.occurred_at, e.data
-			FROM seals s LEFT JOIN events e ON e.position = s.position
-			WHERE s.seq >= $1 AND s.seq < $2 ORDER BY s.seq`, from, from+verifyChunk)
-		if err != nil {
-			out <- verifyRows{err: fmt.Errorf("read seals: %w", eventstore.Unavailable(err))}
-			return
-		}
-		var chunk []verifyRow
-		for rows.Next() {
-			var r verifyRow
-			var pos, version *int64
-			var xid, id, org, key, typ, actor *string
-			var at *time.Time
-			if err := rows.Scan(&r.seq, &r.position, &r.eventID, &r.orgID, &r.orgPrevSeq, &r.leafHash,
-				&pos, &xid, &id, &org, &key, &version, &typ, &actor, &at, &r.event.Data); err != nil {
-				rows.Close()
-				out <- verifyRows{err: fmt.Errorf("read seals: %w", err)}
-				return
-			}
-			if pos != nil {
-				x, err := eventstore.ParseXid(*xid)
-				if err != nil {
-					rows.Close()
-					out <- verifyRows{err: err}
-					return
-				}
-				r.found = true
-				r.event = eventstore.RawEvent{Cursor: eventstore.Cursor{Xid: x, Position: *pos}, ID: *id, OrgID: *org, KeyID: *key,
-					StreamVersion: *version, Type: *typ, Actor: *actor, OccurredAt: *at, Data: r.event.Data}
-			}
-			chunk = append(chunk, r)
-		}
-		if err := rows.Err(); err != nil {
-			out <- verifyRows{err: fmt.Errorf("read seals: %w", eventstore.Unavailable(err))}
-			return
-		}
-		if len(chunk) == 0 {
+		chunk, err := readChunk(ctx, pool, from)
+		if len(chunk) == 0 && err == nil {
 			return
 		}
 		select {
-		case out <- verifyRows{rows: chunk}:
+		case out <- verifyRows{rows: chunk, err: err}:
+		case <-ctx.Done():
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// readChunk reads the seals of seq from to from+verifyChunk and the events
+// at their positions.
+func readChunk(ctx context.Context, pool *pgxpool.Pool, from int64) ([]verifyRow, error) {
+	rows, err := pool.Query(ctx, `SELECT seq, position, event_id::text, org_id, org_prev_seq, leaf_hash
+		FROM seals WHERE seq >= $1 AND seq < $2 ORDER BY seq`, from, from+verifyChunk)
+	if err != nil {
+		return nil, fmt.Errorf("read seals: %w", eventstore.Unavailable(err))
+	}
+	var chunk []verifyRow
+	var r verifyRow
+	if _, err := pgx.ForEachRow(rows, []any{&r.seq, &r.position, &r.eventID, &r.orgID, &r.orgPrevSeq, &r.leafHash}, func() error {
+		chunk = append(chunk, r)
+		r.orgPrevSeq, r.leafHash = nil, nil
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read seals: %w", eventstore.Unavailable(err))
+	}
+	if len(chunk) == 0 {
+		return nil, nil
+	}
+	lo, hi := chunk[0].position, chunk[0].position
+	positions := make([]int64, len(chunk))
+	for i, c := range chunk {
+		lo, hi = min(lo, c.position), max(hi, c.position)
+		positions[i] = c.position
+	}
+	// A range scan, unless the chunk's positions are spread so far apart
+	// that the range would read many events of other chunks.
+	query, args := `SELECT `+eventstore.RawEventColumns+` FROM events e WHERE e.position BETWEEN $1 AND $2`, []any{lo, hi}
+	if hi-lo > 4*int64(len(chunk)) {
+		query, args = `SELECT `+eventstore.RawEventColumns+` FROM events e WHERE e.position = ANY($1)`, []any{positions}
+	}
+	erows, err := pool.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", eventstore.Unavailable(err))
+	}
+	events, err := eventstore.ScanRawEvents(erows)
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", eventstore.Unavailable(err))
+	}
+	at := make(map[int64]int, len(events))
+	for i, e := range events {
+		at[e.Cursor.Position] = i
+	}
+	for i := range chunk {
+		if j, ok := at[chunk[i].position]; ok {
+			chunk[i].found, chunk[i].event = true, events[j]
+		}
+	}
+	return chunk, nil
+}
+
+// hashChunks derives each row's leaf hash from its event.
+func hashChunks(ctx context.Context, in <-chan verifyRows, out chan<- verifyRows) {
+	defer close(out)
+	for c := range in {
+		for i := range c.rows {
+			r := &c.rows[i]
+			if r.found {
+				r.derived, r.hashErr = leafOf(r.event, r.seq, r.orgPrevSeq).Hash()
+			}
+		}
+		select {
+		case out <- c:
 		case <-ctx.Done():
 			return
 		}
@@ -253,11 +300,10 @@ func checkRow(r verifyRow, want uint64, heads map[string]int64, last eventstore.
 	case !ok && r.orgPrevSeq != nil:
 		return &Problem{Seq: seq, Reason: fmt.Sprintf("it names seq %d as its organization's previous event, but it is the organization's first", *r.orgPrevSeq)}
 	}
-	hash, err := leafOf(r.event, seq, r.orgPrevSeq).Hash()
-	if err != nil {
-		return &Problem{Seq: seq, Reason: fmt.Sprintf("its event cannot be encoded: %v", err)}
+	if r.hashErr != nil {
+		return &Problem{Seq: seq, Reason: fmt.Sprintf("its event cannot be encoded: %v", r.hashErr)}
 	}
-	if !bytes.Equal(hash, r.leafHash) {
+	if !bytes.Equal(r.derived, r.leafHash) {
 		return &Problem{Seq: seq, Reason: "its event's content differs from what was sealed (the leaf hash derived from the events table is not the sealed one)"}
 	}
 	return nil
