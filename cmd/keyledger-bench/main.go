@@ -50,7 +50,7 @@ Scenarios:
             data; ok if p99 < 20 ms. The data set is kept between runs.
   seal      the sealer catching up with --seal-events events loaded with
             Store.Import, beside the raw floor of reading the same rows with
-            one SELECT (before and after); then the seal lag of every event
+            one SELECT (the median of two reads before and two after); then the seal lag of every event
             generate commits at --generate-clients clients for --duration,
             with the sealer running as serve runs it.
             value = sealed events/s, baseline = raw rows/s;
