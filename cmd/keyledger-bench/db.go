@@ -78,6 +78,9 @@ type bench struct {
 	// scratch is dropped and recreated by every run that writes (generate,
 	// verify), and dropped when the run ends.
 	scratch *database
+
+	// sealDS is the seal data set in scratch, once loaded.
+	sealDS *sealDataset
 }
 
 func newBench(cfg config, progress io.Writer) *bench {

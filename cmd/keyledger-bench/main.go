@@ -25,7 +25,7 @@ const (
 )
 
 // scenarios in the order "all" runs them.
-var scenarios = []string{"generate", "verify", "list"}
+var scenarios = []string{"generate", "verify", "list", "seal", "audit-verify"}
 
 const usageHead = `keyledger-bench: measure keyledger against Postgres, each figure beside a
 baseline measured in the same run.
@@ -48,7 +48,18 @@ Scenarios:
             overall, at --list-clients clients with varied search terms.
             value = p99 ms, baseline = p99 ms of the unfiltered list on the same
             data; ok if p99 < 20 ms. The data set is kept between runs.
-  all       every scenario above.
+  seal      the sealer catching up with --seal-events events loaded with
+            Store.Import, beside the raw floor of reading the same rows with
+            one SELECT (the median of two reads before and two after); then the seal lag of every event
+            generate commits at --generate-clients clients for --duration,
+            with the sealer running as serve runs it.
+            value = sealed events/s, baseline = raw rows/s;
+            ok if ratio >= 0.3 and seal lag p99 < 1 s.
+  audit-verify
+            keyledger audit verify (sealer.Verify) over the same sealed
+            events, beside the same raw floor. ok if ratio >= 0.3.
+  all       every scenario above. Several scenarios can be given as a
+            comma-separated list: seal,audit-verify share one data set.
 
 The load generator and the service share this process, and on a small machine
 they share the CPUs with Postgres: that is why every figure is read as a ratio
@@ -99,6 +110,9 @@ type config struct {
 
 	verifyClients int
 	verifyKeys    int
+
+	sealEvents int
+	sealBatch  int
 
 	listClients   int
 	listOrgKeys   int
@@ -166,6 +180,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.rawConns, "raw-conns", 32, "generate: pgx connections of the raw INSERT baseline")
 	fs.IntVar(&c.verifyClients, "verify-clients", 64, "verify: concurrent HTTP connections (service and trivial baseline alike)")
 	fs.IntVar(&c.verifyKeys, "verify-keys", 100000, "verify: keys loaded into the lookup view, fresh each run")
+	fs.IntVar(&c.sealEvents, "seal-events", 1000000, "seal, audit-verify: events loaded into the scratch database (one key in five revoked)")
+	fs.IntVar(&c.sealBatch, "seal-batch", 5000, "seal, audit-verify: events per sealing transaction (the sealer's default)")
 	fs.IntVar(&c.listClients, "list-clients", 4, "list: concurrent HTTP clients")
 	fs.IntVar(&c.listOrgKeys, "list-org-keys", 100000, "list: keys of the organization that is listed")
 	fs.IntVar(&c.listTotalKeys, "list-total-keys", 1000000, "list: keys in the table overall, the listed organization's included")
@@ -182,7 +198,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
-		return c, errors.New("no scenario given: one of generate, verify, list, all")
+		return c, errors.New("no scenario given: one of generate, verify, list, seal, audit-verify, all")
 	}
 	c.scenario = fs.Arg(0)
 	if err := fs.Parse(fs.Args()[1:]); err != nil {
@@ -197,8 +213,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 
 func (c *config) validate() error {
 	var errs []error
-	if c.scenario != "all" && !slices.Contains(scenarios, c.scenario) {
-		errs = append(errs, fmt.Errorf("unknown scenario %q: one of %s, all", c.scenario, strings.Join(scenarios, ", ")))
+	if c.scenario != "all" {
+		for _, s := range strings.Split(c.scenario, ",") {
+			if !slices.Contains(scenarios, s) {
+				errs = append(errs, fmt.Errorf("unknown scenario %q: one of %s, all, or a comma-separated list", s, strings.Join(scenarios, ", ")))
+			}
+		}
 	}
 	var err error
 	if c.benchURL, c.benchDB, err = benchDatabaseURL(c.databaseURL, c.benchDBName); err != nil {
@@ -219,6 +239,8 @@ func (c *config) validate() error {
 	positive("raw-conns", c.rawConns)
 	positive("verify-clients", c.verifyClients)
 	positive("verify-keys", c.verifyKeys)
+	positive("seal-events", c.sealEvents)
+	positive("seal-batch", c.sealBatch)
 	positive("list-clients", c.listClients)
 	positive("list-org-keys", c.listOrgKeys)
 	if c.listTotalKeys < c.listOrgKeys {
@@ -236,7 +258,7 @@ func (c *config) validate() error {
 // runScenarios prepares the bench databases and runs the chosen scenarios,
 // returning the result of each one that completed.
 func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]result, error) {
-	selected := []string{cfg.scenario}
+	selected := strings.Split(cfg.scenario, ",")
 	if cfg.scenario == "all" {
 		selected = scenarios
 	}
@@ -269,7 +291,7 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 			return nil, err
 		}
 	}
-	if slices.Contains(selected, "generate") || slices.Contains(selected, "verify") {
+	if slices.ContainsFunc(selected, func(s string) bool { return s != "list" }) {
 		if err := b.scratch.recreate(ctx); err != nil {
 			return nil, err
 		}
@@ -285,6 +307,10 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 			r, err = b.verify(ctx, stdout)
 		case "list":
 			r, err = b.list(ctx, ds, stdout)
+		case "seal":
+			r, err = b.seal(ctx, stdout)
+		case "audit-verify":
+			r, err = b.auditVerify(ctx, stdout)
 		}
 		if err != nil {
 			return results, fmt.Errorf("%s: %w", name, err)
