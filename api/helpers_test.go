@@ -19,8 +19,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/keyledger/keyledger/api"
+	"github.com/keyledger/keyledger/audit"
+	"github.com/keyledger/keyledger/consumers/sealer"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/internal/pgtest"
@@ -40,6 +43,10 @@ type bundle struct {
 	clock *clock
 	logs  *syncBuffer
 	proxy *proxy // set when the service reaches Postgres through a proxy
+	// sealer seals the ledger when a test calls seal; verifier checks its
+	// checkpoints.
+	sealer   *sealer.Sealer
+	verifier note.Verifier
 }
 
 // config tunes setup.
@@ -92,11 +99,21 @@ func setup(t *testing.T, opts ...option) *bundle {
 	for name, check := range cfg.extraReady {
 		ready[name] = check
 	}
+	skey, vkey, err := audit.GenerateKey("keyledger.test/log")
+	require.NoError(t, err)
+	signer, err := audit.NewSigner(skey)
+	require.NoError(t, err)
+	b.verifier, err = audit.NewVerifier(vkey)
+	require.NoError(t, err)
+	b.sealer, err = sealer.New(store, sealer.Options{Signer: signer})
+	require.NoError(t, err)
+	auditLog := sealer.NewLog(pool)
 	server := api.New(api.Deps{
 		Commands:   &domain.Ledger{Store: store, KeyPrefix: keyPrefix, Now: b.clock.Now},
 		Keys:       views,
 		Lookup:     views,
-		Events:     store,
+		Events:     sealer.SealedEvents{Store: store, Log: auditLog},
+		Audit:      auditLog,
 		AdminToken: adminToken,
 		KeyPrefix:  keyPrefix,
 		Now:        b.clock.Now,
@@ -232,6 +249,8 @@ type eventBody struct {
 	Actor         string         `json:"actor"`
 	Data          map[string]any `json:"data"`
 	Position      int64          `json:"position"`
+	Seq           *int64         `json:"seq"`
+	Hash          string         `json:"hash"`
 }
 
 type eventsBody struct {
@@ -427,6 +446,17 @@ func poll(t testing.TB, timeout time.Duration, what string, check func() bool, d
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// seal seals every committed event and signs a checkpoint; it returns the
+// tree size.
+func (b *bundle) seal(t testing.TB) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := b.sealer.CatchUp(ctx)
+	require.NoError(t, err)
+	return n
+}
 
 // shared names a case that runs on a service shared with other cases.
 type shared struct {

@@ -122,6 +122,13 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	asOf, err := asOfParam(r)
+	if err != nil {
+		return err
+	}
+	if asOf != nil {
+		return s.keyAsOf(w, r, chi.URLParam(r, "org_id"), keyID, *asOf)
+	}
 	k, err := s.Keys.GetKey(r.Context(), chi.URLParam(r, "org_id"), keyID)
 	if err != nil {
 		return err

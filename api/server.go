@@ -39,8 +39,11 @@ type Deps struct {
 	// Authority, if set, is the lookup behind a caching Lookup: /v1/verify
 	// uses it for a request with Cache-Control: no-cache, as a gateway
 	// client sends on a cache miss.
-	Authority  domain.KeyLookup
-	Events     EventLog
+	Authority domain.KeyLookup
+	Events    EventLog
+	// Audit serves the audit log's checkpoints and proofs; without it the
+	// /v1/audit endpoints are absent.
+	Audit      AuditLog
 	AdminToken string
 	KeyPrefix  string
 	Now        func() time.Time
@@ -99,6 +102,14 @@ func New(d Deps) *Server {
 		r.Get("/keys/{key_id}/events", s.handle(s.keyEvents))
 		r.Get("/events", s.handle(s.orgEvents))
 	})
+	if d.Audit != nil {
+		r.Get("/v1/audit/checkpoint", s.handle(s.checkpoint))
+		r.Route("/v1/audit/proof", func(r chi.Router) {
+			r.Use(s.requireAdmin)
+			r.Get("/inclusion", s.handle(s.inclusionProof))
+			r.Get("/consistency", s.handle(s.consistencyProof))
+		})
+	}
 	s.router = r
 	return s
 }

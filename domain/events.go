@@ -19,7 +19,8 @@ const (
 
 // Event is one immutable fact about one key, in the envelope in which it is
 // stored and delivered. Position is set by the event store when the event is
-// committed; it is zero on an event that was only decided.
+// committed; it is zero on an event that was only decided. Seal is set on an
+// event read back after the sealer sealed it, when the reader asked for it.
 type Event struct {
 	ID            string
 	Type          string
@@ -30,6 +31,14 @@ type Event struct {
 	Actor         string
 	Data          EventData
 	Position      int64
+	Seal          *Seal
+}
+
+// Seal is an event's place in the audit log: its gapless sequence number,
+// which is its leaf index in the Merkle tree, and its leaf hash in hex.
+type Seal struct {
+	Seq  int64
+	Hash string
 }
 
 // EventData is the type-specific payload of an event.
@@ -91,6 +100,8 @@ type envelope struct {
 	Actor         string          `json:"actor"`
 	Data          json.RawMessage `json:"data"`
 	Position      int64           `json:"position"`
+	Seq           *int64          `json:"seq,omitempty"`
+	Hash          string          `json:"hash,omitempty"`
 }
 
 // MarshalJSON writes the event in its wire envelope.
@@ -99,11 +110,16 @@ func (e Event) MarshalJSON() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(envelope{
+	env := envelope{
 		ID: e.ID, Type: e.Type, OrgID: e.OrgID, KeyID: e.KeyID,
 		StreamVersion: e.StreamVersion, OccurredAt: FormatTime(e.OccurredAt),
 		Actor: e.Actor, Data: data, Position: e.Position,
-	})
+	}
+	if e.Seal != nil {
+		seq := e.Seal.Seq
+		env.Seq, env.Hash = &seq, e.Seal.Hash
+	}
+	return json.Marshal(env)
 }
 
 // UnmarshalJSON reads an event from its wire envelope.
@@ -124,6 +140,9 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		ID: env.ID, Type: env.Type, OrgID: env.OrgID, KeyID: env.KeyID,
 		StreamVersion: env.StreamVersion, OccurredAt: at, Actor: env.Actor,
 		Data: data, Position: env.Position,
+	}
+	if env.Seq != nil {
+		e.Seal = &Seal{Seq: *env.Seq, Hash: env.Hash}
 	}
 	return nil
 }

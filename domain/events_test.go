@@ -72,6 +72,24 @@ func goldenEvents() map[string]Event {
 			},
 			Position: 57,
 		},
+		// A sealed event read back from the audit log carries its seq and
+		// leaf hash; an unsealed one has neither member.
+		"key.revoked.sealed": {
+			ID:            "0197299a-7a00-7b11-a222-333344445556",
+			Type:          TypeKeyRevoked,
+			OrgID:         testOrg,
+			KeyID:         testKeyID,
+			StreamVersion: 2,
+			OccurredAt:    occurred.Add(91 * time.Minute),
+			Actor:         testActor,
+			Data: KeyRevoked{
+				KeyID:   testKeyID,
+				KeyHash: wantHash(testSecret),
+				Reason:  "",
+			},
+			Position: 58,
+			Seal:     &Seal{Seq: 0, Hash: "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"},
+		},
 	}
 }
 
@@ -129,13 +147,18 @@ func TestEventEnvelopeHasExactlyTheDocumentedFields(t *testing.T) {
 		"key.generated":               {"key_id", "name", "key_hash", "masked", "expires_at"},
 		"key.generated.never-expires": {"key_id", "name", "key_hash", "masked", "expires_at"},
 		"key.revoked":                 {"key_id", "key_hash", "reason"},
+		"key.revoked.sealed":          {"key_id", "key_hash", "reason"},
 	}
 	for name, event := range goldenEvents() {
 		b, err := json.Marshal(event)
 		require.NoError(t, err)
 		var m map[string]json.RawMessage
 		require.NoError(t, json.Unmarshal(b, &m))
-		require.ElementsMatch(t, envelopeFields, keys(m), name)
+		want := envelopeFields
+		if event.Seal != nil {
+			want = append([]string{"seq", "hash"}, envelopeFields...)
+		}
+		require.ElementsMatch(t, want, keys(m), name)
 
 		var d map[string]json.RawMessage
 		require.NoError(t, json.Unmarshal(m["data"], &d))

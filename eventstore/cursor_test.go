@@ -85,7 +85,7 @@ func TestOrgEventsIsTheOrganizationsLogInLedgerOrder(t *testing.T) {
 	}
 
 	var want []string
-	rows, err := b.pool.Query(ctx, `SELECT id::text FROM events WHERE org_id = 'org-a' ORDER BY transaction_id, position`)
+	rows, err := b.pool.Query(ctx, `SELECT id::text FROM events WHERE org_id = 'org-a' ORDER BY events.transaction_id, events.position`)
 	require.NoError(t, err)
 	for rows.Next() {
 		var id string

@@ -60,6 +60,12 @@ func ParseCursor(s string) (Cursor, error) {
 const belowHorizon = `(transaction_id, position) > ($1::text::xid8, $2)
 	AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())`
 
+// The ORDER BY of the readers below names the table's columns: eventColumns
+// selects transaction_id::text under the name transaction_id, and an
+// unqualified ORDER BY transaction_id would sort by that text ("10" before
+// "9"), out of ledger order once transaction ids gain a digit, and without
+// the index.
+
 // Tail returns up to limit events after the cursor, in ledger order, and the
 // cursor of the last one (the given cursor if there are none). Calling it
 // again with that cursor never skips an event, however late it commits.

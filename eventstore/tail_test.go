@@ -382,3 +382,30 @@ func TestTailIgnoresRolledBackTransactions(t *testing.T) {
 	require.Len(t, events, 1)
 	require.Equal(t, after.ID, events[0].ID)
 }
+
+// TestTailOrdersByTransactionIDNumerically protects ledger order where
+// transaction ids gain a digit: xid 9 comes before xid 10, whereas their text
+// sorts the other way, which once made a tail skip the event of xid 9.
+func TestTailOrdersByTransactionIDNumerically(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testContext(t)
+	for _, xid := range []string{"10", "9"} {
+		e := generated("org-x", domain.NewKeyID(), time.Now())
+		_, err := b.pool.Exec(ctx, `INSERT INTO events (transaction_id, id, org_id, key_id, stream_version, type, actor, occurred_at, data)
+			VALUES ($1::text::xid8, $2, $3, $4, 1, $5, $6, $7, '{}')`, xid, e.ID, e.OrgID, e.KeyID, e.Type, e.Actor, e.OccurredAt)
+		require.NoError(t, err)
+	}
+	events, _, err := b.store.Tail(ctx, eventstore.Cursor{}, 1)
+	require.NoError(t, err)
+	require.Len(t, events, 1)
+	raw, _, err := b.store.TailRaw(ctx, eventstore.Cursor{}, 2)
+	require.NoError(t, err)
+	require.Len(t, raw, 2)
+	require.EqualValues(t, 9, raw[0].Cursor.Xid, "xid 9 first")
+	require.EqualValues(t, 10, raw[1].Cursor.Xid)
+	require.Equal(t, raw[0].ID, events[0].ID)
+	org, _, err := b.store.OrgEvents(ctx, "org-x", eventstore.Cursor{}, 1)
+	require.NoError(t, err)
+	require.Equal(t, raw[0].ID, org[0].ID)
+}

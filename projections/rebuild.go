@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 )
 
@@ -23,7 +24,6 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, progress func(events int))
 		if _, err := tx.Exec(ctx, `TRUNCATE key_list, key_lookup`); err != nil {
 			return fmt.Errorf("rebuild: %w", err)
 		}
-		projectors := []eventstore.Projector{KeyList{}, KeyLookup{}}
 		var after int64
 		total := 0
 		for {
@@ -34,13 +34,7 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, progress func(events int))
 			if len(events) == 0 {
 				return nil
 			}
-			b := &pgx.Batch{}
-			for _, p := range projectors {
-				if err := p.Queue(b, events); err != nil {
-					return fmt.Errorf("rebuild: %w", err)
-				}
-			}
-			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			if err := applyAll(ctx, tx, events); err != nil {
 				return fmt.Errorf("rebuild: %w", err)
 			}
 			after = events[len(events)-1].Position
@@ -50,4 +44,15 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, progress func(events int))
 			}
 		}
 	})
+}
+
+// applyAll applies events to both views through tx, in one round trip.
+func applyAll(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
+	b := &pgx.Batch{}
+	for _, p := range []eventstore.Projector{KeyList{}, KeyLookup{}} {
+		if err := p.Queue(b, events); err != nil {
+			return err
+		}
+	}
+	return tx.SendBatch(ctx, b).Close()
 }

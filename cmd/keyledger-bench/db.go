@@ -82,6 +82,9 @@ type bench struct {
 	// nats is the run's NATS server and stream; nil when no scenario of the
 	// run needs it.
 	nats *benchNATS
+
+	// sealDS is the seal data set in scratch, once loaded.
+	sealDS *sealDataset
 }
 
 func newBench(cfg config, progress io.Writer) *bench {

@@ -25,7 +25,7 @@ const (
 )
 
 // scenarios in the order "all" runs them.
-var scenarios = []string{"generate", "verify", "list", "propagation", "gateway-verify"}
+var scenarios = []string{"generate", "verify", "list", "propagation", "gateway-verify", "seal", "audit-verify"}
 
 const usageHead = `keyledger-bench: measure keyledger against Postgres, each figure beside a
 baseline measured in the same run.
@@ -75,7 +75,18 @@ Scenarios:
             and --warmup do not apply).
             value = ns/op, baseline = ns/op, ratio = baseline / value;
             ok if ns/op < 1000 and allocs/op == 0.
-  all       every scenario above.
+  seal      the sealer catching up with --seal-events events loaded with
+            Store.Import, beside the raw floor of reading the same rows with
+            one SELECT (the median of two reads before and two after); then
+            the seal lag of every event generate commits at --generate-clients clients for --duration,
+            with the sealer running as serve runs it.
+            value = sealed events/s, baseline = raw rows/s;
+            ok if ratio >= 0.3 and seal lag p99 < 1 s.
+  audit-verify
+            keyledger audit verify (sealer.Verify) over the same sealed
+            events, beside the same raw floor. ok if ratio >= 0.3.
+  all       every scenario above. Several scenarios can be given as a
+            comma-separated list: seal,audit-verify share one data set.
 
 The load generator and the service share this process, and on a small machine
 they share the CPUs with Postgres: that is why every figure is read as a ratio
@@ -132,6 +143,9 @@ type config struct {
 
 	verifyClients int
 	verifyKeys    int
+
+	sealEvents int
+	sealBatch  int
 
 	listClients   int
 	listOrgKeys   int
@@ -208,6 +222,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.rawConns, "raw-conns", 32, "generate: pgx connections of the raw INSERT baseline")
 	fs.IntVar(&c.verifyClients, "verify-clients", 64, "verify: concurrent HTTP connections (service and trivial baseline alike)")
 	fs.IntVar(&c.verifyKeys, "verify-keys", 100000, "verify: keys loaded into the lookup view, fresh each run")
+	fs.IntVar(&c.sealEvents, "seal-events", 1000000, "seal, audit-verify: events loaded into the scratch database (one key in five revoked)")
+	fs.IntVar(&c.sealBatch, "seal-batch", 5000, "seal, audit-verify: events per sealing transaction (the sealer's default)")
 	fs.IntVar(&c.listClients, "list-clients", 4, "list: concurrent HTTP clients")
 	fs.IntVar(&c.listOrgKeys, "list-org-keys", 100000, "list: keys of the organization that is listed")
 	fs.IntVar(&c.listTotalKeys, "list-total-keys", 1000000, "list: keys in the table overall, the listed organization's included")
@@ -246,8 +262,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 
 func (c *config) validate() error {
 	var errs []error
-	if c.scenario != "all" && !slices.Contains(scenarios, c.scenario) {
-		errs = append(errs, fmt.Errorf("unknown scenario %q: one of %s, all", c.scenario, strings.Join(scenarios, ", ")))
+	if c.scenario != "all" {
+		for _, s := range strings.Split(c.scenario, ",") {
+			if !slices.Contains(scenarios, s) {
+				errs = append(errs, fmt.Errorf("unknown scenario %q: one of %s, all, or a comma-separated list", s, strings.Join(scenarios, ", ")))
+			}
+		}
 	}
 	var err error
 	if c.benchURL, c.benchDB, err = benchDatabaseURL(c.databaseURL, c.benchDBName); err != nil {
@@ -268,6 +288,8 @@ func (c *config) validate() error {
 	positive("raw-conns", c.rawConns)
 	positive("verify-clients", c.verifyClients)
 	positive("verify-keys", c.verifyKeys)
+	positive("seal-events", c.sealEvents)
+	positive("seal-batch", c.sealBatch)
 	positive("list-clients", c.listClients)
 	positive("list-org-keys", c.listOrgKeys)
 	positive("propagation-revocations", c.propagationRevocations)
@@ -294,7 +316,7 @@ func (c *config) validate() error {
 // runScenarios prepares the bench databases and runs the chosen scenarios,
 // returning the result of each one that completed.
 func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]result, error) {
-	selected := []string{cfg.scenario}
+	selected := strings.Split(cfg.scenario, ",")
 	if cfg.scenario == "all" {
 		selected = scenarios
 	}
@@ -311,7 +333,7 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 		}
 		fmt.Fprintf(stdout, "keyledger-bench: NATS %s\n", b.nats.describe())
 	} else {
-		fmt.Fprintln(stdout, "keyledger-bench: NATS unused (the list scenario reads the views only)")
+		fmt.Fprintln(stdout, "keyledger-bench: NATS unused (list, seal and audit-verify run without it)")
 	}
 	if cfg.fresh {
 		fmt.Fprintf(stderr, "bench: --fresh: dropping database %q\n", cfg.benchDB)
@@ -349,6 +371,10 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 			r, err = b.propagation(ctx, stdout)
 		case "gateway-verify":
 			r, err = b.gatewayVerify(ctx, stdout)
+		case "seal":
+			r, err = b.seal(ctx, stdout)
+		case "audit-verify":
+			r, err = b.auditVerify(ctx, stdout)
 		}
 		if err != nil {
 			return results, fmt.Errorf("%s: %w", name, err)

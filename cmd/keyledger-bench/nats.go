@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
@@ -33,7 +34,9 @@ type benchNATS struct {
 
 // needsNATS says whether a scenario runs the service, which runs with NATS
 // as it is served.
-func needsNATS(scenario string) bool { return scenario != "list" }
+func needsNATS(scenario string) bool {
+	return !slices.Contains([]string{"list", "seal", "audit-verify"}, scenario)
+}
 
 // openNATS connects to --nats-url, or starts an embedded server, and names
 // this run's stream.

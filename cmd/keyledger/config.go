@@ -11,9 +11,11 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/domain"
 )
@@ -32,6 +34,12 @@ type Config struct {
 	KeyPrefix       string
 	ShutdownTimeout time.Duration
 	LogLevel        string
+	// AuditOrigin names the audit log, in its checkpoints; it is the name of
+	// the signing key generated on first start.
+	AuditOrigin string
+	// AuditSigningKey is the signed-note signer key of the audit log, from
+	// the environment only; if empty, the one kept in the data directory.
+	AuditSigningKey string
 }
 
 // setting is one configurable value: its flag, its environment variable, its
@@ -53,56 +61,74 @@ func (c *Config) settings() []setting {
 		{"data-dir", "KEYLEDGER_DATA_DIR", "./data", "directory for the generated admin token, embedded NATS storage and the signing key", &c.DataDir},
 		{"key-prefix", "KEYLEDGER_KEY_PREFIX", domain.DefaultKeyPrefix, "prefix of generated keys: a lowercase letter, then up to 15 lowercase letters or digits", &c.KeyPrefix},
 		{"log-level", "KEYLEDGER_LOG_LEVEL", "info", "log level: debug, info, warn or error", &c.LogLevel},
+		{"audit-origin", "KEYLEDGER_AUDIT_ORIGIN", "keyledger", "name of the audit log in its signed checkpoints, given to the signing key generated on first start (a key's name cannot change afterwards)", &c.AuditOrigin},
 	}
 }
+
+// command describes the flags of one command: the shared settings it reads
+// (all of them when nil), and flags of its own.
+type command struct {
+	name, summary string
+	settings      []string
+	extra         func(fs *flag.FlagSet)
+	// footer, printed after the flags, says what the environment sets
+	// beyond them.
+	footer string
+}
+
+const adminTokenFooter = "\nKEYLEDGER_ADMIN_TOKEN (environment only, so it stays out of process listings): the bearer token of\nthe management API; if unset, one is generated on first start, printed once and kept in <data-dir>/admin-token.\n"
+
+const signingKeyFooter = "\nKEYLEDGER_AUDIT_SIGNING_KEY (environment only): the audit log's Ed25519 signing key as a signed-note\nsigner key (PRIVATE+KEY+<name>+<hash>+<key>); if unset, the one in <data-dir>/audit-signing-key, generated\nthere (mode 0600) on first start.\n"
 
 // addSettings defines a flag for each setting, defaulting to its
 // environment variable, else to its default.
 func addSettings(fs *flag.FlagSet, settings []setting, getenv func(string) string) {
 	for _, s := range settings {
-		def := s.def
-		if v := getenv(s.env); v != "" {
-			def = v
-		}
-		fs.StringVar(s.target, s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+		fs.StringVar(s.target, s.flag, envOr(getenv, s.env, s.def), fmt.Sprintf("%s (env %s)", s.help, s.env))
 	}
+}
+
+func envOr(getenv func(string) string, env, def string) string {
+	if v := getenv(env); v != "" {
+		return v
+	}
+	return def
 }
 
 // parseConfig reads flags over environment variables over defaults, and
 // validates every value, reporting all the bad ones at once, each by the
 // variable that set it.
-//
-// only, if given, names the settings (by flag) that the command takes; the
-// others keep their defaults. extra, if not nil, adds the command's own
-// flags.
-func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer, summary string,
-	only []string, extra func(*flag.FlagSet)) (Config, error) {
+func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer, summary string) (Config, error) {
+	return parseCommand(command{name: name, summary: summary, footer: adminTokenFooter + signingKeyFooter,
+		extra: func(fs *flag.FlagSet) {}}, args, getenv, stderr)
+}
+
+// parseCommand is parseConfig for any command: only the settings the
+// command reads are flags of it, the others keep their variable's value or
+// default.
+func parseCommand(cmd command, args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
 	var c Config
-	fs := flag.NewFlagSet("keyledger "+name, flag.ContinueOnError)
+	fs := flag.NewFlagSet("keyledger "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var used []setting
+	var flags []setting
 	for _, s := range c.settings() {
-		if only != nil && !slices.Contains(only, s.flag) {
-			*s.target = s.def
-			continue
+		*s.target = envOr(getenv, s.env, s.def)
+		if cmd.settings == nil || slices.Contains(cmd.settings, s.flag) {
+			flags = append(flags, s)
 		}
-		used = append(used, s)
 	}
-	addSettings(fs, used, getenv)
+	addSettings(fs, flags, getenv)
 	c.ShutdownTimeout = 15 * time.Second
-	if only == nil {
-		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for in-flight requests before closing them")
+	if cmd.settings == nil {
+		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests before closing them")
 	}
-	if extra != nil {
-		extra(fs)
+	if cmd.extra != nil {
+		cmd.extra(fs)
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: keyledger %s [flags]\n\n%s\n\nFlags:\n", name, summary)
+		fmt.Fprintf(stderr, "Usage: keyledger %s [flags]\n\n%s\n\nFlags:\n", cmd.name, cmd.summary)
 		fs.PrintDefaults()
-		if only != nil {
-			return
-		}
-		fmt.Fprintf(stderr, "\nKEYLEDGER_ADMIN_TOKEN (environment only, so it stays out of process listings): the bearer token of\nthe management API; if unset, one is generated on first start, printed once and kept in <data-dir>/admin-token.\n")
+		fmt.Fprint(stderr, cmd.footer)
 	}
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -111,6 +137,7 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	c.AdminToken = getenv("KEYLEDGER_ADMIN_TOKEN")
+	c.AuditSigningKey = getenv("KEYLEDGER_AUDIT_SIGNING_KEY")
 	return c, c.validate()
 }
 
@@ -144,6 +171,14 @@ func (c Config) validate() error {
 		bad("KEYLEDGER_DATA_DIR", "must not be empty")
 	} else if fi, err := os.Stat(c.DataDir); err == nil && !fi.IsDir() {
 		bad("KEYLEDGER_DATA_DIR", "%s is not a directory", c.DataDir)
+	}
+	if c.AuditOrigin == "" || strings.ContainsAny(c.AuditOrigin, "+ \t\n") || !utf8.ValidString(c.AuditOrigin) {
+		bad("KEYLEDGER_AUDIT_ORIGIN", "must be a non-empty name without spaces or '+', such as keyledger.example.com/audit, got %q", c.AuditOrigin)
+	}
+	if c.AuditSigningKey != "" {
+		if _, err := audit.NewSigner(c.AuditSigningKey); err != nil {
+			bad("KEYLEDGER_AUDIT_SIGNING_KEY", "%v", err)
+		}
 	}
 	checkCommon(c.KeyPrefix, c.LogLevel, c.ShutdownTimeout, bad, &errs)
 	return joinInvalid(errs)

@@ -21,11 +21,14 @@ Usage:
   keyledger <command> [flags]
 
 Commands:
-  serve               run the HTTP API (generate, list, revoke, verify keys) and
-                      relay the ledger's events to NATS as notices
+  serve               run the HTTP API (generate, list, revoke, verify keys), relay
+                      the ledger's events to NATS as notices, seal the audit log
   gateway             reverse proxy that forwards only requests whose x-api-key is
                       valid for their x-organization-id (cached, revocations via NATS)
   notices republish   publish the ledger again to the notices stream, from a position
+  audit               public-key, export, verify, replay: the audit log, for security
+                      teams ('keyledger audit --help')
+  views rebuild       rebuild the list and lookup views from the log
 
 Every flag can also be set by the KEYLEDGER_* environment variable named in
 its help; a flag given on the command line wins. Run 'keyledger <command>
@@ -47,12 +50,8 @@ func main() {
 
 // run dispatches a command. It is main without the process: tests call it.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, usage)
-		if len(args) == 0 {
-			return errors.New("no command given")
-		}
-		return flag.ErrHelp
+	if done, err := groupHelp(args, usage, "command", stdout); done {
+		return err
 	}
 	switch args[0] {
 	case "serve":
@@ -61,8 +60,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return gateway(ctx, args[1:], getenv, stdout, stderr)
 	case "notices":
 		return noticesCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "audit":
+		return auditCommand(ctx, args[1:], getenv, stdout, stderr)
+	case "views":
+		return viewsCommand(ctx, args[1:], getenv, stdout, stderr)
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", args[0])
 	}
+}
+
+// groupHelp answers a command group (the binary, audit, views) called with
+// no command, which is an error, or with a request for help, printing its
+// usage; done says whether it did.
+func groupHelp(args []string, usage, what string, stdout io.Writer) (done bool, err error) {
+	if len(args) > 0 && args[0] != "-h" && args[0] != "--help" && args[0] != "help" {
+		return false, nil
+	}
+	fmt.Fprint(stdout, usage)
+	if len(args) == 0 {
+		return true, fmt.Errorf("no %s given", what)
+	}
+	return true, flag.ErrHelp
 }

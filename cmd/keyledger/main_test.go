@@ -73,7 +73,7 @@ func TestWrongSettingsFailAtStartNamingEachVariable(t *testing.T) {
 func TestAFlagOverridesItsVariable(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
-	_, err := parseConfig("serve", []string{"--key-prefix", "acme"}, env(map[string]string{"KEYLEDGER_KEY_PREFIX": "BAD"}), &out, "", nil, nil)
+	_, err := parseConfig("serve", []string{"--key-prefix", "acme"}, env(map[string]string{"KEYLEDGER_KEY_PREFIX": "BAD"}), &out, "")
 	require.NoError(t, err)
 }
 

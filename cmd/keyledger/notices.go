@@ -35,11 +35,11 @@ func noticesCmd(ctx context.Context, args []string, getenv func(string) string, 
 		return fmt.Errorf("notices: unknown subcommand %q", args[0])
 	}
 	var from int64 = -1
-	cfg, err := parseConfig("notices republish", args[1:], getenv, stderr, republishSummary,
-		[]string{"database-url", "nats-url", "nats-subject-prefix", "nats-stream", "log-level"},
-		func(fs *flag.FlagSet) {
+	cfg, err := parseCommand(command{name: "notices republish", summary: republishSummary,
+		settings: []string{"database-url", "nats-url", "nats-subject-prefix", "nats-stream", "log-level"},
+		extra: func(fs *flag.FlagSet) {
 			fs.Int64Var(&from, "from", -1, "ledger position of the first event to publish again (required; 1 for all)")
-		})
+		}}, args[1:], getenv, stderr)
 	if err != nil {
 		return err
 	}

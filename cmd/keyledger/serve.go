@@ -25,14 +25,18 @@ import (
 
 const serveSummary = `Runs the HTTP API: creates the database if missing, applies migrations, and
 serves until SIGINT or SIGTERM, when it stops accepting connections and waits
-for in-flight requests (up to --shutdown-timeout).`
+for in-flight requests (up to --shutdown-timeout). It also runs the relay of
+the ledger to NATS (the notices) and the sealer of the audit log, each while
+this instance leads it (one instance among those sharing the database does),
+and keeps /v1/verify's cache current from the notices. With no NATS URL it
+starts an embedded NATS server and prints its URL.`
 
 // defaultPoolConns is the pool size when the database URL sets none
 // (pool_max_conns): enough for the write path's short transactions.
 const defaultPoolConns = 16
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := parseConfig("serve", args, getenv, stderr, serveSummary, nil, nil)
+	cfg, err := parseConfig("serve", args, getenv, stderr, serveSummary)
 	if err != nil {
 		return err
 	}
@@ -51,6 +55,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			filepath.Join(cfg.DataDir, adminTokenFile), token)
 	}
 
+	signer, err := auditSigner(cfg, stdout)
+	if err != nil {
+		return err
+	}
+
 	pool, err := openDatabase(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
@@ -64,10 +73,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer stopNATS()
 
 	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: cfg.KeyPrefix, Logger: log,
-		NATS: nc, Notices: notices.Config{Prefix: cfg.SubjectPrefix, Stream: cfg.Stream}})
+		NATS: nc, Notices: notices.Config{Prefix: cfg.SubjectPrefix, Stream: cfg.Stream}, Signer: signer})
 	if err != nil {
 		return err
 	}
+	// The background work outlives ctx until the requests have drained, so
+	// that what they commit is still relayed and sealed.
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	var bg sync.WaitGroup
 	bg.Go(func() { svc.Run(bgCtx) })

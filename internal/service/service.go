@@ -1,5 +1,7 @@
 // Package service assembles the keyledger service from its parts: the event
-// store with its inline projections, the views, the ledger and the HTTP API.
+// store with its inline projections, the views, the ledger, the HTTP API and
+// the background workers (the relay of notices, the verification cache's
+// follower, the sealer of the audit log).
 // cmd/keyledger serves what it builds; cmd/keyledger-bench measures the very
 // same thing. It reads no configuration: its callers pass every value.
 package service
@@ -19,11 +21,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/keyledger/keyledger/api"
 	"github.com/keyledger/keyledger/consumers/keycache"
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/consumers/relay"
+	"github.com/keyledger/keyledger/consumers/sealer"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections"
@@ -70,6 +74,12 @@ type Options struct {
 	// the notices were last known current (default 5 s); past it, it asks
 	// Postgres.
 	StaleAfter time.Duration
+	// Signer signs the audit log's checkpoints. Without it the service runs
+	// no sealer (it still serves what other instances sealed).
+	Signer note.Signer
+	// SealLag, if not nil, is told the seal lag of each event this process
+	// seals (the benchmarks read it; operators read the metric).
+	SealLag func(time.Duration)
 }
 
 // DefaultStaleAfter is the service's default Options.StaleAfter.
@@ -86,7 +96,9 @@ type Service struct {
 	Follower *notices.Follower
 	// Cache is /v1/verify's cache; nil without NATS.
 	Cache *keycache.Cache
-	log   *slog.Logger
+	// Sealer is nil when no signer was given.
+	Sealer *sealer.Sealer
+	log    *slog.Logger
 }
 
 // New builds the service on a migrated database, with its own metrics
@@ -101,7 +113,15 @@ func New(pool *pgxpool.Pool, o Options) (*Service, error) {
 	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
 	views := projections.NewViews(pool)
 	ready := map[string]api.Check{"database": pool.Ping}
+	auditLog := sealer.NewLog(pool)
 	svc := &Service{Store: store, log: o.Logger}
+	if o.Signer != nil {
+		var err error
+		svc.Sealer, err = sealer.New(store, sealer.Options{Signer: o.Signer, Logger: o.Logger, Registry: reg, ObserveLag: o.SealLag})
+		if err != nil {
+			return nil, err
+		}
+	}
 	var commands api.Commands = &domain.Ledger{Store: store, KeyPrefix: o.KeyPrefix, Now: time.Now}
 	var lookup domain.KeyLookup = views
 	if o.NATS != nil {
@@ -124,7 +144,8 @@ func New(pool *pgxpool.Pool, o Options) (*Service, error) {
 		Keys:       views,
 		Lookup:     lookup,
 		Authority:  views,
-		Events:     store,
+		Events:     sealer.SealedEvents{Store: store, Log: auditLog},
+		Audit:      auditLog,
 		AdminToken: o.AdminToken,
 		KeyPrefix:  o.KeyPrefix,
 		Now:        time.Now,
@@ -136,10 +157,14 @@ func New(pool *pgxpool.Pool, o Options) (*Service, error) {
 }
 
 // Run does the service's background work until ctx ends: it announces
-// commits to other instances and, with NATS, competes to relay.
+// commits to other instances, competes to seal the audit log (with a
+// signer) and, with NATS, competes to relay and follows the notices.
 func (s *Service) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.Store.RunNotifier(ctx, s.log) })
+	if s.Sealer != nil {
+		wg.Go(func() { s.Sealer.Run(ctx) })
+	}
 	if s.Relay != nil {
 		wg.Go(func() { s.Relay.Run(ctx) })
 	}
@@ -234,10 +259,12 @@ func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// NewHandler is New without NATS, for callers that want only the API.
+// NewHandler builds the HTTP API alone, without NATS or a sealer, for
+// callers that want only the API.
 func NewHandler(pool *pgxpool.Pool, o Options) *api.Server {
+	o.NATS, o.Signer = nil, nil
 	svc, err := New(pool, o)
-	if err != nil { // only the relay's settings can fail, and there is none
+	if err != nil { // without NATS or a signer, nothing in New can fail
 		panic(err)
 	}
 	return svc.Handler

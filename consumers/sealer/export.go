@@ -1,0 +1,133 @@
+package sealer
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keyledger/keyledger/audit"
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+)
+
+// Export writes an organization's sealed events to w, as JSON lines: first an
+// audit.ExportHeader with the latest signed checkpoint, then one
+// audit.ExportLine per event sealed in that checkpoint's tree, in seq order,
+// with its inclusion proof against it. With a non-zero since, only events
+// that occurred at or after since. It builds the checkpoint's whole tree in
+// memory (64 bytes per sealed event) to answer the proofs. progress, if not
+// nil, is told the number of lines written now and then.
+func Export(ctx context.Context, pool *pgxpool.Pool, orgID string, since time.Time, w io.Writer, progress func(events int64)) (audit.ExportHeader, error) {
+	var h audit.ExportHeader
+	if !domain.ValidOrgID(orgID) {
+		return h, domain.Errorf(domain.EInvalid, "organization id must match ^[A-Za-z0-9_-]{1,64}$")
+	}
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return h, eventstore.Unavailable(err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	var signed string
+	var size int64
+	err = tx.QueryRow(ctx, `SELECT note, tree_size FROM checkpoints ORDER BY tree_size DESC LIMIT 1`).Scan(&signed, &size)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return h, domain.Errorf(domain.ENotFound, "no checkpoint has been signed yet: nothing is sealed")
+	}
+	if err != nil {
+		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))
+	}
+	h = audit.ExportHeader{Checkpoint: signed, OrgID: orgID}
+	var sinceArg *time.Time
+	if !since.IsZero() {
+		s := domain.FormatTime(since)
+		h.Since, sinceArg = &s, &since
+	}
+	// The count and last seq go in the header, before the lines.
+	var last *int64
+	if err := tx.QueryRow(ctx, `SELECT count(*), max(s.seq) FROM seals s JOIN events e ON e.position = s.position
+		WHERE e.org_id = $1 AND s.org_id = $1 AND s.seq < $2 AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)`,
+		orgID, size, sinceArg).Scan(&h.Events, &last); err != nil {
+		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))
+	}
+	h.LastSeq = last
+
+	tree, err := loadTree(ctx, tx, uint64(size))
+	if err != nil {
+		return h, err
+	}
+	bw := bufio.NewWriterSize(w, 256<<10)
+	enc := json.NewEncoder(bw)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(h); err != nil {
+		return h, err
+	}
+	rows, err := tx.Query(ctx, `SELECT s.seq, s.org_prev_seq, s.leaf_hash, `+eventstore.RawEventColumns+`
+		FROM seals s JOIN events e ON e.position = s.position
+		WHERE e.org_id = $1 AND s.org_id = $1 AND s.seq < $2 AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)
+		ORDER BY s.seq`, orgID, size, sinceArg)
+	if err != nil {
+		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))
+	}
+	defer rows.Close()
+	var n int64
+	for rows.Next() {
+		var seq int64
+		var prev *int64
+		var hash []byte
+		var e eventstore.RawEvent
+		var xid string
+		if err := rows.Scan(&seq, &prev, &hash, &e.Cursor.Position, &xid, &e.ID, &e.OrgID, &e.KeyID, &e.StreamVersion,
+			&e.Type, &e.Actor, &e.OccurredAt, &e.Data); err != nil {
+			return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))
+		}
+		p, err := audit.InclusionProof(uint64(seq), uint64(size), tree.Nodes)
+		if err != nil {
+			return h, err
+		}
+		line := audit.ExportLine{Leaf: leafOf(e, seq, prev), Hash: hex.EncodeToString(hash), Proof: audit.Hex(p)}
+		if err := enc.Encode(line); err != nil {
+			return h, err
+		}
+		n++
+		if progress != nil && n%10000 == 0 {
+			progress(n)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))
+	}
+	if progress != nil {
+		progress(n)
+	}
+	return h, bw.Flush()
+}
+
+// loadTree reads the first size leaf hashes and builds their tree.
+func loadTree(ctx context.Context, q eventstore.Querier, size uint64) (*audit.Tree, error) {
+	rows, err := q.Query(ctx, `SELECT leaf_hash FROM seals WHERE seq < $1 ORDER BY seq`, int64(size))
+	if err != nil {
+		return nil, fmt.Errorf("export: leaves: %w", eventstore.Unavailable(err))
+	}
+	leaves := make([][]byte, 0, size)
+	var h []byte
+	if _, err := pgx.ForEachRow(rows, []any{&h}, func() error {
+		leaves = append(leaves, h)
+		h = nil
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("export: leaves: %w", eventstore.Unavailable(err))
+	}
+	if uint64(len(leaves)) != size {
+		return nil, fmt.Errorf("export: the checkpoint covers %d events but %d are sealed: the audit tables are damaged (run keyledger audit verify)", size, len(leaves))
+	}
+	return audit.NewTree(leaves), nil
+}

@@ -1,0 +1,239 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keyledger/keyledger/eventstore"
+)
+
+// The schemas a rebuild aside works in: the new views are built in
+// rebuildSchema, and the live ones are moved to retiredSchema, then dropped,
+// when the new ones take their place.
+const (
+	rebuildSchema = "keyledger_rebuild"
+	retiredSchema = "keyledger_retired"
+)
+
+// viewTables are the tables Rebuild and RebuildAside make again.
+var viewTables = []string{"key_list", "key_lookup"}
+
+// RebuildAside rebuilds the list and lookup views from the log while readers
+// and commands keep using the live ones, then swaps the new ones in:
+//
+//  1. New, empty tables are made beside the live ones (in the schema
+//     keyledger_rebuild), with the live tables' columns and keys.
+//  2. One REPEATABLE READ transaction replays every event of its snapshot
+//     into them, in position order (in a snapshot no event commits late),
+//     with the very projectors the command path runs (their statements
+//     name the tables unqualified; search_path points them at the new
+//     ones). progress is told the events replayed after each batch.
+//  3. The live tables' other indexes are built on the new tables.
+//  4. One short transaction locks the live tables (commands that append wait
+//     for it; readers too, for its duration), applies the events committed
+//     after the snapshot, moves the live tables out and the new ones in
+//     under the same names, and drops the old ones.
+//
+// A command blocked by step 4 resolves the table names again when it gets
+// its lock, so it writes to the new views. Statements of other sessions
+// prepared on the old tables are planned again by Postgres.
+func RebuildAside(ctx context.Context, pool *pgxpool.Pool, progress func(events int)) error {
+	var live string
+	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&live); err != nil {
+		return fmt.Errorf("rebuild: %w", eventstore.Unavailable(err))
+	}
+	if err := prepareAside(ctx, pool, live); err != nil {
+		return fmt.Errorf("rebuild: prepare: %w", err)
+	}
+	snapshot, total, err := replayAside(ctx, pool, live, progress)
+	if err != nil {
+		return fmt.Errorf("rebuild: replay: %w", err)
+	}
+	if err := indexAside(ctx, pool, live); err != nil {
+		return fmt.Errorf("rebuild: indexes: %w", err)
+	}
+	if err := swapAside(ctx, pool, live, snapshot, total, progress); err != nil {
+		return fmt.Errorf("rebuild: swap: %w", err)
+	}
+	return nil
+}
+
+// prepareAside makes the empty new tables, with the live tables' columns,
+// defaults, checks, and primary and unique keys (the projectors' ON CONFLICT
+// needs them during the replay).
+func prepareAside(ctx context.Context, pool *pgxpool.Pool, live string) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		stmts := []string{
+			`DROP SCHEMA IF EXISTS ` + rebuildSchema + ` CASCADE`,
+			`DROP SCHEMA IF EXISTS ` + retiredSchema + ` CASCADE`,
+			`CREATE SCHEMA ` + rebuildSchema,
+		}
+		for _, t := range viewTables {
+			stmts = append(stmts, fmt.Sprintf(`CREATE TABLE %s.%s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`,
+				rebuildSchema, t, pgx.Identifier{live, t}.Sanitize()))
+		}
+		for _, s := range stmts {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return err
+			}
+		}
+		rows, err := tx.Query(ctx, `SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid)
+			FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
+			WHERE n.nspname = $1 AND r.relname = ANY($2) AND c.contype IN ('p', 'u')`, live, viewTables)
+		if err != nil {
+			return err
+		}
+		var keys []string
+		var table, name, def string
+		if _, err := pgx.ForEachRow(rows, []any{&table, &name, &def}, func() error {
+			keys = append(keys, fmt.Sprintf(`ALTER TABLE %s.%s ADD CONSTRAINT %s %s`,
+				rebuildSchema, unqualified(table), pgx.Identifier{name}.Sanitize(), def))
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, s := range keys {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func unqualified(table string) string {
+	if i := strings.LastIndexByte(table, '.'); i >= 0 {
+		return table[i+1:]
+	}
+	return table
+}
+
+// onRebuildTables points unqualified view names at the new tables for the
+// rest of the transaction.
+func onRebuildTables(ctx context.Context, tx pgx.Tx, live string) error {
+	_, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, rebuildSchema+", "+pgx.Identifier{live}.Sanitize())
+	return err
+}
+
+// replayAside replays the log of one snapshot into the new tables and
+// returns that snapshot and the number of events.
+func replayAside(ctx context.Context, pool *pgxpool.Pool, live string, progress func(int)) (string, int, error) {
+	var snapshot string
+	total := 0
+	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snapshot); err != nil {
+			return err
+		}
+		if err := onRebuildTables(ctx, tx, live); err != nil {
+			return err
+		}
+		var after int64
+		for {
+			events, err := eventstore.ReadAll(ctx, tx, after, rebuildBatch)
+			if err != nil {
+				return err
+			}
+			if len(events) == 0 {
+				return nil
+			}
+			if err := applyAll(ctx, tx, events); err != nil {
+				return err
+			}
+			after = events[len(events)-1].Position
+			total += len(events)
+			if progress != nil {
+				progress(total)
+			}
+		}
+	})
+	return snapshot, total, err
+}
+
+// indexAside builds the live tables' other indexes, under the same names,
+// on the new tables: after the replay, which is faster without them.
+func indexAside(ctx context.Context, pool *pgxpool.Pool, live string) error {
+	rows, err := pool.Query(ctx, `SELECT i.tablename, i.indexdef FROM pg_indexes i
+		WHERE i.schemaname = $1 AND i.tablename = ANY($2)
+		  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = (quote_ident(i.schemaname) || '.' || quote_ident(i.indexname))::regclass)`,
+		live, viewTables)
+	if err != nil {
+		return err
+	}
+	var defs []string
+	var table, def string
+	if _, err := pgx.ForEachRow(rows, []any{&table, &def}, func() error {
+		on := " ON " + pgx.Identifier{live, table}.Sanitize() + " "
+		if !strings.Contains(def, on) {
+			on = " ON " + live + "." + table + " "
+		}
+		if !strings.Contains(def, on) {
+			return fmt.Errorf("cannot read the definition of an index of %s: %s", table, def)
+		}
+		defs = append(defs, strings.Replace(def, on, " ON "+rebuildSchema+"."+table+" ", 1))
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, d := range defs {
+		if _, err := pool.Exec(ctx, d); err != nil {
+			return fmt.Errorf("%s: %w", d, err)
+		}
+	}
+	for _, t := range viewTables {
+		if _, err := pool.Exec(ctx, `ANALYZE `+rebuildSchema+`.`+t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// swapAside applies what committed after the snapshot and puts the new
+// tables in the live ones' place, in one transaction.
+func swapAside(ctx context.Context, pool *pgxpool.Pool, live, snapshot string, total int, progress func(int)) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		stmt := `LOCK TABLE ` + pgx.Identifier{live, viewTables[0]}.Sanitize()
+		for _, t := range viewTables[1:] {
+			stmt += ", " + pgx.Identifier{live, t}.Sanitize()
+		}
+		if _, err := tx.Exec(ctx, stmt+` IN ACCESS EXCLUSIVE MODE`); err != nil {
+			return err
+		}
+		if err := onRebuildTables(ctx, tx, live); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT `+eventstore.RawEventColumns+` FROM events e
+			WHERE NOT pg_visible_in_snapshot(e.transaction_id, $1::text::pg_snapshot) ORDER BY e.position`, snapshot)
+		if err != nil {
+			return err
+		}
+		late, err := eventstore.ScanEventRows(rows)
+		if err != nil {
+			return err
+		}
+		if len(late) > 0 {
+			if err := applyAll(ctx, tx, late); err != nil {
+				return err
+			}
+			if progress != nil {
+				progress(total + len(late))
+			}
+		}
+		stmts := []string{`CREATE SCHEMA ` + retiredSchema}
+		for _, t := range viewTables {
+			stmts = append(stmts,
+				`ALTER TABLE `+pgx.Identifier{live, t}.Sanitize()+` SET SCHEMA `+retiredSchema,
+				`ALTER TABLE `+rebuildSchema+`.`+t+` SET SCHEMA `+pgx.Identifier{live}.Sanitize())
+		}
+		stmts = append(stmts, `DROP SCHEMA `+retiredSchema+` CASCADE`, `DROP SCHEMA `+rebuildSchema)
+		for _, s := range stmts {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return fmt.Errorf("%s: %w", s, err)
+			}
+		}
+		return nil
+	})
+}
