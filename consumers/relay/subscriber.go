@@ -19,8 +19,11 @@ var pgxNoRows = pgx.ErrNoRows
 const behindLimit = 100_000
 
 // horizonRetry is how soon the relay reads again when committed events are
-// held above the xid8 horizon.
-const horizonRetry = 10 * time.Millisecond
+// held above the xid8 horizon; it doubles while the horizon stays held, up
+// to the poll interval. A revocation held there waits that long to be
+// published, so it starts small: the transactions that hold the horizon are
+// usually other appends, a millisecond or two long.
+const horizonRetry = time.Millisecond
 
 // ledgerSubscriber is a watermill Subscriber over the ledger, from a
 // cursor, in ledger order. It hands the router one message at a time and
@@ -95,7 +98,7 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 			s.held = 0
 			held = time.After(horizonRetry)
 		default:
-			held = time.After(min(horizonRetry<<min(s.held, 6), r.cfg.Poll))
+			held = time.After(min(horizonRetry<<min(s.held, 10), r.cfg.Poll))
 			s.held++
 		}
 		select {
