@@ -52,7 +52,7 @@ type setting struct {
 func (c *Config) settings() []setting {
 	return []setting{
 		{"database-url", "KEYLEDGER_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/keyledger?sslmode=disable",
-			"Postgres URL of the event store; the database is created if missing and migrated on start", &c.DatabaseURL},
+			"Postgres URL of the event store; serve creates the database if missing, and every command applies the migrations it lacks", &c.DatabaseURL},
 		{"http-addr", "KEYLEDGER_HTTP_ADDR", "127.0.0.1:8080", "host:port the HTTP API listens on", &c.HTTPAddr},
 		{"nats-url", "KEYLEDGER_NATS_URL", "", "NATS server URL for revocation notices; empty starts an embedded server", &c.NATSURL},
 		{"nats-listen", "KEYLEDGER_NATS_LISTEN", "127.0.0.1:0", "host:port of the embedded NATS server, used when KEYLEDGER_NATS_URL is empty; port 0 picks a free port, printed at start", &c.NATSListen},

@@ -50,7 +50,7 @@ func noticesCmd(ctx context.Context, args []string, getenv func(string) string, 
 		return errors.New("KEYLEDGER_NATS_URL: give the NATS server the service publishes to (an embedded server prints its URL at start)")
 	}
 	log := newLogger(stderr, cfg.LogLevel)
-	pool, err := openDatabase(ctx, cfg.DatabaseURL)
+	pool, err := connectDatabase(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
