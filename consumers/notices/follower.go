@@ -51,8 +51,10 @@ type Follower struct {
 	gaps   atomic.Uint64
 
 	mu         sync.Mutex
-	applied    uint64  // the stream sequence of the last notice applied
-	heard      []heard // heartbeats whose sequence is not applied yet, oldest first
+	applied    uint64        // the stream sequence of the last notice applied
+	heard      []heard       // heartbeats whose sequence is not applied yet, oldest first
+	created    time.Time     // the creation time of the stream being read
+	reset      chan struct{} // a heartbeat spoke of another incarnation of the stream
 	currentAt  atomic.Int64
 	appliedCnt atomic.Uint64
 	started    chan struct{}
@@ -86,7 +88,7 @@ func NewFollower(nc *nats.Conn, cfg Config, sink Sink, o FollowerOptions) (*Foll
 		o.Applied = func(time.Duration) {}
 	}
 	f := &Follower{js: js, nc: nc, cfg: cfg.WithDefaults(), sink: sink, log: o.Logger, now: o.Now,
-		onLate: o.Applied, made: o.Now(), started: make(chan struct{})}
+		onLate: o.Applied, made: o.Now(), started: make(chan struct{}), reset: make(chan struct{}, 1)}
 	if o.Registerer != nil {
 		if err := f.registerMetrics(o.Registerer); err != nil {
 			return nil, err
@@ -136,11 +138,12 @@ func (f *Follower) Run(ctx context.Context) error {
 	}
 	defer func() { _ = hb.Unsubscribe() }()
 	var last uint64
+	var created time.Time
 	wait := 50 * time.Millisecond
 	for {
 		s, err := f.js.Stream(ctx, f.cfg.Stream)
 		if err == nil {
-			last = s.CachedInfo().State.LastSeq
+			last, created = s.CachedInfo().State.LastSeq, s.CachedInfo().Created
 			break
 		}
 		if ctx.Err() != nil {
@@ -157,12 +160,16 @@ func (f *Follower) Run(ctx context.Context) error {
 		wait = min(2*wait, time.Second)
 	}
 	f.mu.Lock()
-	f.applied = last
+	f.applied, f.created = last, created
 	f.mu.Unlock()
 	for ctx.Err() == nil {
 		err := f.consume(ctx)
 		if ctx.Err() != nil {
 			break
+		}
+		if errors.Is(err, errStreamReset) {
+			f.startOver(ctx)
+			continue
 		}
 		f.log.Warn("notices: consumer stopped; resuming", "stream", f.cfg.Stream, "after", f.Applied(), "err", err)
 		select {
@@ -171,6 +178,26 @@ func (f *Follower) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+var errStreamReset = errors.New("the stream was made again")
+
+// startOver follows a stream that was deleted and made again: its
+// sequences start from 1, so the follower reads it from its start, and what
+// the sink learned from the old one may be stale (a Gap).
+func (f *Follower) startOver(ctx context.Context) {
+	s, err := f.js.Stream(ctx, f.cfg.Stream)
+	if err != nil {
+		f.log.Warn("notices: cannot read the remade stream", "stream", f.cfg.Stream, "err", err)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log.Warn("notices: the stream was made again; reading it from its start, dropping what the cache learned",
+		"stream", f.cfg.Stream, "applied_before", f.applied)
+	f.applied, f.created, f.heard = 0, s.CachedInfo().Created, nil
+	f.gaps.Add(1)
+	f.sink.Gap()
 }
 
 // consume reads from after the last applied sequence until the consumer
@@ -207,6 +234,8 @@ func (f *Follower) consume(ctx context.Context) error {
 		return nil
 	case err := <-failed:
 		return err
+	case <-f.reset:
+		return errStreamReset
 	case <-cc.Closed():
 		return errors.New("consumer closed")
 	}
@@ -274,6 +303,15 @@ func (f *Follower) heartbeat(m *nats.Msg) {
 	at := f.now().Add(-hb.Lag())
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if !hb.StreamCreated.IsZero() && !f.created.IsZero() && !hb.StreamCreated.Equal(f.created) {
+		// Another incarnation of the stream: its sequences say nothing
+		// of what this follower applied.
+		select {
+		case f.reset <- struct{}{}:
+		default:
+		}
+		return
+	}
 	if f.applied >= hb.StreamSeq {
 		f.markCurrent(at)
 		return

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -90,19 +91,34 @@ func (c Config) Subjects() string { return c.Prefix + ".>" }
 // outside the stream's subjects: heartbeats are not kept.
 func (c Config) HeartbeatSubject() string { return "_" + c.Prefix + ".heartbeat" }
 
-// EnsureStream creates the stream, or updates its subjects and duplicate
-// window if it exists. It is file-backed: notices outlive a NATS restart.
+// EnsureStream creates the stream, file-backed so that notices outlive a
+// NATS restart, if it does not exist. An existing stream keeps the settings
+// an operator gave it (replicas, limits, age); only its subjects and
+// duplicate window are set to keyledger's, if they differ.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstream.Stream, error) {
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        c.Stream,
-		Description: "keyledger notices: every committed ledger event, in ledger order",
-		Subjects:    []string{c.Subjects()},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Duplicates:  c.DuplicateWindow,
-	})
+	s, err := js.Stream(ctx, c.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:        c.Stream,
+			Description: "keyledger notices: every committed ledger event, in ledger order",
+			Subjects:    []string{c.Subjects()},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			Duplicates:  c.DuplicateWindow,
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", c.Stream, err)
+	}
+	cfg := s.CachedInfo().Config
+	if !slices.Contains(cfg.Subjects, c.Subjects()) || cfg.Duplicates != c.DuplicateWindow {
+		if !slices.Contains(cfg.Subjects, c.Subjects()) {
+			cfg.Subjects = append(cfg.Subjects, c.Subjects())
+		}
+		cfg.Duplicates = c.DuplicateWindow
+		if s, err = js.UpdateStream(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("stream %s: %w", c.Stream, err)
+		}
 	}
 	return s, nil
 }
@@ -113,9 +129,14 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 // published everything committed; it is the age of the oldest event not yet
 // published otherwise. A follower that has applied up to StreamSeq is
 // therefore current as of the moment it heard the heartbeat, less Lag.
+//
+// StreamCreated names the stream's incarnation: a stream deleted and made
+// again numbers its messages from 1, and a follower of the old one must start
+// over rather than wait for sequences it believes it has applied.
 type Heartbeat struct {
-	StreamSeq  uint64  `json:"stream_seq"`
-	LagSeconds float64 `json:"lag_seconds"`
+	StreamSeq     uint64    `json:"stream_seq"`
+	LagSeconds    float64   `json:"lag_seconds"`
+	StreamCreated time.Time `json:"stream_created"`
 }
 
 // Lag returns LagSeconds as a duration.

@@ -288,7 +288,8 @@ func (r *Relay) heartbeat(ctx context.Context, js jetstream.JetStream, asOf time
 		return err
 	}
 	lag := max(time.Since(asOf), 0)
-	body, err := json.Marshal(notices.Heartbeat{StreamSeq: s.CachedInfo().State.LastSeq, LagSeconds: lag.Seconds()})
+	body, err := json.Marshal(notices.Heartbeat{StreamSeq: s.CachedInfo().State.LastSeq, LagSeconds: lag.Seconds(),
+		StreamCreated: s.CachedInfo().Created})
 	if err != nil {
 		return err
 	}

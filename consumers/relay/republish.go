@@ -112,8 +112,13 @@ func (r *Relay) leftUpTo(ctx context.Context, after eventstore.Cursor, head int6
 	return left, nil
 }
 
-// cursorBefore is the cursor just before the event at position from, or
-// before the first event after it; the start of the ledger for from <= 1.
+// cursorBefore is the cursor just before the first event, in ledger order,
+// of those at position from or after it; the start of the ledger for
+// from <= 1. Ledger order is not position order (a transaction can take its
+// id before another takes a lower position), so starting at the event with
+// the lowest such position could leave out one of them; starting at the
+// first in ledger order may publish a few events before from again, which
+// followers drop.
 func (r *Relay) cursorBefore(ctx context.Context, from int64) (eventstore.Cursor, error) {
 	if from <= 1 {
 		return eventstore.Cursor{}, nil
@@ -121,7 +126,7 @@ func (r *Relay) cursorBefore(ctx context.Context, from int64) (eventstore.Cursor
 	var xid string
 	var pos int64
 	err := r.pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM events
-		WHERE position >= $1 ORDER BY position LIMIT 1`, from).Scan(&xid, &pos)
+		WHERE position >= $1 ORDER BY events.transaction_id, events.position LIMIT 1`, from).Scan(&xid, &pos)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return eventstore.Cursor{}, fmt.Errorf("republish: no event at position %d or after it", from)
 	}

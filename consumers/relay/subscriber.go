@@ -138,6 +138,13 @@ func (s *ledgerSubscriber) deliver(ctx context.Context, out chan<- *message.Mess
 		if !sleep(ctx, backoff(attempt)) {
 			return false
 		}
+		// The stream may have been deleted (a lost NATS server, an
+		// operator): make it again before the next attempt. Followers of
+		// the old one see the new one's creation time in the heartbeat
+		// and start over.
+		if err := r.ensureStream(ctx, s.js); err != nil {
+			return false
+		}
 	}
 }
 

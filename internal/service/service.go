@@ -232,6 +232,10 @@ func ConnectNATS(url, name string, log *slog.Logger) (*nats.Conn, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(true),
+		// Nothing is held for sending while disconnected: a JetStream
+		// publication is retried by the relay anyway, and a heartbeat
+		// sent late would vouch for a moment long past.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("NATS disconnected", "err", err)
