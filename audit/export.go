@@ -53,8 +53,11 @@ const maxExportLine = 1 << 20
 // and that its inclusion proof leads to the checkpoint's root; that every line
 // is of the header's organization; and that no event of the organization is
 // missing between the first line and the last (each line's org_prev_seq is
-// the previous line's seq; without --since, the first line has none) nor
-// after the last (the header's count and last seq). An error names the line
+// the previous line's seq; without --since, the first line has none). The
+// header's count and last seq catch a file cut short by accident; they are
+// not signed, so they cannot prove that nobody removed the last lines and
+// edited the header too: completeness up to the checkpoint is checked
+// online, by keyledger audit verify. An error names the line
 // and the seq that failed. progress, if not nil, is called with the number
 // of lines checked.
 func VerifyExport(r io.Reader, verifierKey string, progress func(lines int64)) (ExportSummary, error) {

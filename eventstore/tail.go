@@ -95,6 +95,23 @@ func (s *Store) Behind(ctx context.Context, after Cursor, limit int) (n int, old
 	return n, oldest, nil
 }
 
+// OrgHistory returns every committed event of an organization, read in one
+// statement (one snapshot), in position order, which within a key is version
+// order. Unlike OrgEvents it does not wait for the xid8 horizon: a replay of
+// the organization wants everything committed when it reads, and a
+// transaction left open elsewhere on the server must not cut it short.
+func (s *Store) OrgHistory(ctx context.Context, orgID string) ([]domain.Event, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE org_id = $1 ORDER BY events.position`, orgID)
+	if err != nil {
+		return nil, fmt.Errorf("history of %s: %w", orgID, Unavailable(err))
+	}
+	events, _, err := scanEvents(rows)
+	if err != nil {
+		return nil, fmt.Errorf("history of %s: %w", orgID, Unavailable(err))
+	}
+	return events, nil
+}
+
 // OrgEvents is Tail for one organization: its audit log, in ledger order.
 func (s *Store) OrgEvents(ctx context.Context, orgID string, after Cursor, limit int) ([]domain.Event, Cursor, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE org_id = $4 AND `+belowHorizon+`

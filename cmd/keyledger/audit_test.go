@@ -210,3 +210,37 @@ func decodeLines[T any](t *testing.T, s string) []T {
 	}
 	return out
 }
+
+// TestAuditReplayIsNotCutShortByAnOpenTransaction: a transaction left open
+// anywhere on the server holds the xid8 horizon back; a revocation committed
+// after it began must still be in the replay, which reads everything
+// committed, not up to the horizon.
+func TestAuditReplayIsNotCutShortByAnOpenTransaction(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := pgtest.NewDatabase(t)
+	pool := pgtest.PoolFor(t, url, 4)
+	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
+	now := time.Date(2026, 3, 3, 9, 0, 0, 0, time.UTC)
+	ledger := &domain.Ledger{Store: store, KeyPrefix: "kl", Now: func() time.Time { return now }}
+	g, err := ledger.GenerateKey(ctx, domain.GenerateKey{OrgID: "acme", Name: "k"}, "")
+	require.NoError(t, err)
+
+	held, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = held.Rollback(context.Background()) }()
+	_, err = held.Exec(ctx, `SELECT pg_current_xact_id()`)
+	require.NoError(t, err)
+
+	now = now.Add(time.Minute)
+	_, err = ledger.RevokeKey(ctx, domain.RevokeKey{OrgID: "acme", KeyID: g.Key.ID, Reason: "leaked"})
+	require.NoError(t, err)
+
+	var out, errOut bytes.Buffer
+	e := env(map[string]string{"KEYLEDGER_DATABASE_URL": url})
+	require.NoError(t, run(ctx, []string{"audit", "replay", "--org", "acme", "--at", "2026-03-03T09:05:00Z"}, e, &out, &errOut))
+	states := decodeLines[keyState](t, out.String())
+	require.Len(t, states, 1)
+	require.Equal(t, "revoked", states[0].Status, "the revocation committed while another transaction was open is replayed")
+}

@@ -21,10 +21,20 @@ import (
 // Export writes an organization's sealed events to w, as JSON lines: first an
 // audit.ExportHeader with the latest signed checkpoint, then one
 // audit.ExportLine per event sealed in that checkpoint's tree, in seq order,
-// with its inclusion proof against it. With a non-zero since, only events
-// that occurred at or after since. It builds the checkpoint's whole tree in
+// with its inclusion proof against it. With a non-zero since, the events
+// from the first one, in seq order, that occurred at or after since: seq
+// order is not occurred_at order (commands race, clocks differ), so a later
+// event that occurred before since is kept, and the organization's chain has
+// no hole for the offline verifier to find. It builds the checkpoint's whole tree in
 // memory (64 bytes per sealed event) to answer the proofs. progress, if not
 // nil, is told the number of lines written now and then.
+// exportFrom finds the first seq an export holds: 0 without since ($3),
+// else the least seq of the organization's events sealed in the tree ($2)
+// that occurred at or after since (NULL, so no line, if none did).
+const exportFrom = `WITH start AS (SELECT CASE WHEN $3::timestamptz IS NULL THEN 0 ELSE
+		(SELECT min(s2.seq) FROM seals s2 JOIN events e2 ON e2.position = s2.position
+		WHERE s2.org_id = $1 AND e2.org_id = $1 AND s2.seq < $2 AND e2.occurred_at >= $3) END AS seq) `
+
 func Export(ctx context.Context, pool *pgxpool.Pool, orgID string, since time.Time, w io.Writer, progress func(events int64)) (audit.ExportHeader, error) {
 	var h audit.ExportHeader
 	if !domain.ValidOrgID(orgID) {
@@ -53,8 +63,8 @@ func Export(ctx context.Context, pool *pgxpool.Pool, orgID string, since time.Ti
 	}
 	// The count and last seq go in the header, before the lines.
 	var last *int64
-	if err := tx.QueryRow(ctx, `SELECT count(*), max(s.seq) FROM seals s JOIN events e ON e.position = s.position
-		WHERE e.org_id = $1 AND s.org_id = $1 AND s.seq < $2 AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)`,
+	if err := tx.QueryRow(ctx, exportFrom+`SELECT count(*), max(s.seq) FROM seals s JOIN events e ON e.position = s.position
+		WHERE e.org_id = $1 AND s.org_id = $1 AND s.seq < $2 AND s.seq >= (SELECT seq FROM start)`,
 		orgID, size, sinceArg).Scan(&h.Events, &last); err != nil {
 		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))
 	}
@@ -70,9 +80,9 @@ func Export(ctx context.Context, pool *pgxpool.Pool, orgID string, since time.Ti
 	if err := enc.Encode(h); err != nil {
 		return h, err
 	}
-	rows, err := tx.Query(ctx, `SELECT s.seq, s.org_prev_seq, s.leaf_hash, `+eventstore.RawEventColumns+`
+	rows, err := tx.Query(ctx, exportFrom+`SELECT s.seq, s.org_prev_seq, s.leaf_hash, `+eventstore.RawEventColumns+`
 		FROM seals s JOIN events e ON e.position = s.position
-		WHERE e.org_id = $1 AND s.org_id = $1 AND s.seq < $2 AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)
+		WHERE e.org_id = $1 AND s.org_id = $1 AND s.seq < $2 AND s.seq >= (SELECT seq FROM start)
 		ORDER BY s.seq`, orgID, size, sinceArg)
 	if err != nil {
 		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))

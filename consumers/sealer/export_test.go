@@ -215,3 +215,30 @@ func TestTwoSealersOneActiveGaplessUnderConcurrentAppends(t *testing.T) {
 	cancel()
 	wg.Wait()
 }
+
+// TestAnExportSinceKeepsTheChainWhenTimesAreOutOfSeqOrder: seq order is not
+// occurred_at order (commands race, instances' clocks differ). An export
+// since T starts at the first event, in seq order, that occurred at or after
+// T, and keeps what follows even if it occurred earlier: dropping it would
+// leave a hole in the organization's chain, and an honest export would fail
+// to verify offline.
+func TestAnExportSinceKeepsTheChainWhenTimesAreOutOfSeqOrder(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testContext(t)
+	start := b.now
+	for _, offset := range []time.Duration{10 * time.Second, 5 * time.Second, 20 * time.Second} {
+		b.now = start.Add(offset)
+		_, err := b.ledger.GenerateKey(ctx, domain.GenerateKey{OrgID: "initech", Name: "k", Actor: "alice"}, "")
+		require.NoError(t, err)
+	}
+	b.seal(t)
+	lines := export(t, b, "initech", start.Add(7*time.Second))
+	require.Len(t, lines, 1+3, "the event that occurred at 5 s is kept: it comes after the one at 10 s")
+	sum, err := verifyLines(b, lines)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, sum.Events)
+
+	none := export(t, b, "initech", start.Add(time.Minute))
+	require.Len(t, none, 1, "nothing occurred after a minute: the header only")
+}
