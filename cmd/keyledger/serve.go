@@ -73,7 +73,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer stopNATS()
 
 	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: cfg.KeyPrefix, Logger: log,
-		NATS: nc, Notices: notices.Config{Prefix: cfg.SubjectPrefix, Stream: cfg.Stream}, Signer: signer})
+		NATS: nc, Notices: notices.Config{Prefix: cfg.SubjectPrefix, Stream: cfg.Stream}, Signer: signer,
+		CheckpointFile: filepath.Join(cfg.DataDir, checkpointFile)})
 	if err != nil {
 		return err
 	}
@@ -171,6 +172,11 @@ func listenAndServe(ctx context.Context, cfg Config, h http.Handler, log *slog.L
 }
 
 const adminTokenFile = "admin-token"
+
+// checkpointFile, in the data directory, keeps the last audit checkpoint this
+// instance signed, outside the database: the sealer refuses to extend a tree
+// that does not extend it (sealer.Options.CheckpointFile).
+const checkpointFile = "audit-last-checkpoint"
 
 // adminToken returns the configured token, or the one kept in the data
 // directory, or a new one written there (generated reports that).

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/mod/sumdb/note"
@@ -91,19 +92,29 @@ func (b *bundle) seal(t *testing.T) uint64 {
 // triggers disabled, as an attacker with the database's keys would.
 func (b *bundle) tamper(t *testing.T, stmts ...string) {
 	t.Helper()
+	b.tamperTx(t, func(ctx context.Context, tx pgx.Tx) {
+		for _, s := range stmts {
+			_, err := tx.Exec(ctx, s)
+			require.NoError(t, err, s)
+		}
+	})
+}
+
+// tamperTx runs do in a transaction of the superuser with the tables'
+// append-only triggers disabled.
+func (b *bundle) tamperTx(t *testing.T, do func(ctx context.Context, tx pgx.Tx)) {
+	t.Helper()
 	ctx := testContext(t)
 	tx, err := b.pool.Begin(ctx)
 	require.NoError(t, err)
 	defer func() { _ = tx.Rollback(ctx) }()
-	for _, table := range []string{"events", "seals"} {
+	tables := []string{"events", "seals", "merkle_nodes", "checkpoints"}
+	for _, table := range tables {
 		_, err := tx.Exec(ctx, "ALTER TABLE "+table+" DISABLE TRIGGER USER")
 		require.NoError(t, err)
 	}
-	for _, s := range stmts {
-		_, err := tx.Exec(ctx, s)
-		require.NoError(t, err, s)
-	}
-	for _, table := range []string{"events", "seals"} {
+	do(ctx, tx)
+	for _, table := range tables {
 		_, err := tx.Exec(ctx, "ALTER TABLE "+table+" ENABLE TRIGGER USER")
 		require.NoError(t, err)
 	}

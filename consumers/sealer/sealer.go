@@ -1,10 +1,15 @@
 package sealer
 
 import (
+	"bytes"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -25,6 +30,18 @@ const LeaderName = "sealer"
 type Options struct {
 	// Signer signs checkpoints; its name is the log's origin. Required.
 	Signer note.Signer
+	// Verifier checks the checkpoints the sealer finds stored before it
+	// extends them (see load). Default: derived from Signer, by signing
+	// again and comparing, which holds for Ed25519 (the only algorithm of
+	// signed notes), whose signatures are deterministic.
+	Verifier note.Verifier
+	// CheckpointFile, if set, is where the sealer keeps a copy of the last
+	// checkpoint it signed, outside the database (serve sets
+	// <data-dir>/audit-last-checkpoint): written after each checkpoint is
+	// stored, and checked when a leadership term starts, so that deleting
+	// the checkpoints from the database does not make the sealer sign a
+	// forged tree.
+	CheckpointFile string
 	// Batch is how many events one sealing transaction takes (default 5000).
 	Batch int
 	// Poll is how often the sealer looks for events when no wake-up came
@@ -78,6 +95,9 @@ func New(store *eventstore.Store, o Options) (*Sealer, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Verifier == nil {
+		o.Verifier = signerVerifier{o.Signer}
+	}
 	return &Sealer{store: store, pool: store.Pool(), o: o, metrics: newMetrics(o.Registry)}, nil
 }
 
@@ -87,6 +107,7 @@ type metrics struct {
 	treeSize   prometheus.Gauge
 	checkpoint prometheus.Gauge
 	leading    prometheus.Gauge
+	refusing   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -108,9 +129,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		leading: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keyledger_sealer_leading", Help: "1 while this process is the active sealer.",
 		}),
+		refusing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyledger_sealer_refusing",
+			Help: "1 while this process refuses to seal because the audit log in the database does not extend the checkpoints signed before (see the log; run keyledger audit verify).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.lag, m.sealed, m.treeSize, m.checkpoint, m.leading)
+		reg.MustRegister(m.lag, m.sealed, m.treeSize, m.checkpoint, m.leading, m.refusing)
 	}
 	return m
 }
@@ -254,13 +279,162 @@ func (s *Sealer) load(ctx context.Context) (*state, error) {
 		return nil, fmt.Errorf("sealer: load: %w", eventstore.Unavailable(err))
 	}
 	var size int64
-	err = s.pool.QueryRow(ctx, `SELECT tree_size, created_at FROM checkpoints ORDER BY tree_size DESC LIMIT 1`).Scan(&size, &st.checkpointAt)
+	var signed string
+	err = s.pool.QueryRow(ctx, `SELECT tree_size, note, created_at FROM checkpoints ORDER BY tree_size DESC LIMIT 1`).Scan(&size, &signed, &st.checkpointAt)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("sealer: load: %w", eventstore.Unavailable(err))
 	}
 	st.checkpointSize = uint64(size)
+	if err := s.checkSigned(ctx, st, []byte(signed)); err != nil {
+		var r *refusal
+		if errors.As(err, &r) {
+			s.metrics.refusing.Set(1)
+			s.o.Logger.Error("sealer: refusing to seal: the audit log in the database does not extend what was signed; run keyledger audit verify", "err", err)
+		}
+		return nil, err
+	}
+	s.metrics.refusing.Set(0)
 	s.metrics.treeSize.Set(float64(st.size))
 	return st, nil
+}
+
+// refusal is the error of a sealer that will not sign the tree the database
+// holds: it does not extend a checkpoint signed before.
+type refusal struct{ reason string }
+
+func (r *refusal) Error() string { return "sealer: refusing to seal: " + r.reason }
+
+func refuse(format string, args ...any) error { return &refusal{reason: fmt.Sprintf(format, args...)} }
+
+// checkSigned makes sure that the tree the database holds, which the sealer
+// is about to extend and sign, extends every checkpoint signed before: the
+// latest one stored (signed, the note of st.checkpointSize leaves, if any)
+// and the last one this sealer signed, kept in Options.CheckpointFile. An
+// attacker who rewrites events, seals and tree nodes consistently, and
+// deletes the checkpoints that would show it, must not get the forged tree
+// signed. It returns a *refusal when the tree does not extend them.
+func (s *Sealer) checkSigned(ctx context.Context, st *state, signed []byte) error {
+	root, err := st.rng.GetRootHash(nil)
+	if err != nil {
+		return err
+	}
+	fetch := nodeFetcher(ctx, s.pool)
+	var stored *audit.Checkpoint
+	if st.checkpointSize > 0 {
+		cp, err := audit.OpenCheckpoint(signed, s.o.Verifier)
+		if err != nil {
+			return refuse("the latest checkpoint in the database (size %d) does not verify with the sealer's key: %v", st.checkpointSize, err)
+		}
+		if cp.Size != st.checkpointSize {
+			return refuse("the latest checkpoint row (size %d) does not match its signed text (size %d)", st.checkpointSize, cp.Size)
+		}
+		if err := extends(fetch, st.size, root, cp); err != nil {
+			return refuse("the tree in the database does not extend the latest checkpoint in the database: %v", err)
+		}
+		stored = &cp
+	}
+	if s.o.CheckpointFile == "" {
+		return nil
+	}
+	text, err := os.ReadFile(s.o.CheckpointFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("sealer: the last signed checkpoint: %w", err)
+	}
+	kept, err := audit.OpenCheckpoint(text, s.o.Verifier)
+	if err != nil {
+		return refuse("the last checkpoint this sealer signed, in %s, does not verify with its key (if the signing key was changed on purpose, move the file away): %v",
+			s.o.CheckpointFile, err)
+	}
+	if stored == nil || stored.Size < kept.Size {
+		var have uint64
+		if stored != nil {
+			have = stored.Size
+		}
+		return refuse("this sealer signed a checkpoint of size %d (%s), but the database's checkpoints end at size %d: checkpoints were deleted, "+
+			"or the database was restored from an older backup (if so on purpose, move the file away)", kept.Size, s.o.CheckpointFile, have)
+	}
+	if err := extends(fetch, st.size, root, kept); err != nil {
+		return refuse("the tree in the database does not extend the last checkpoint this sealer signed (%s): %v", s.o.CheckpointFile, err)
+	}
+	return nil
+}
+
+// extends checks that the tree of size leaves and root, whose nodes fetch
+// reads, extends the signed checkpoint cp: it has cp's root at cp's size,
+// and its root is consistent with cp's (a consistency proof from its own
+// nodes verifies against both roots).
+func extends(fetch audit.NodeFetcher, size uint64, root []byte, cp audit.Checkpoint) error {
+	if size < cp.Size {
+		return fmt.Errorf("the seals table has %d leaves, fewer than the %d signed", size, cp.Size)
+	}
+	at, err := audit.RootAt(cp.Size, fetch)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(at, cp.Root) {
+		return fmt.Errorf("its first %d leaves do not have the signed root of that size", cp.Size)
+	}
+	var proof [][]byte
+	if size > cp.Size {
+		if proof, err = audit.ConsistencyProof(cp.Size, size, fetch); err != nil {
+			return err
+		}
+	}
+	if err := audit.VerifyConsistency(cp.Size, size, proof, cp.Root, root); err != nil {
+		return fmt.Errorf("its root at size %d is not consistent with the signed root of size %d: %v", size, cp.Size, err)
+	}
+	return nil
+}
+
+// signerVerifier verifies signatures by making them again: right for
+// deterministic signatures (Ed25519), and needs no public key.
+type signerVerifier struct{ s note.Signer }
+
+func (v signerVerifier) Name() string    { return v.s.Name() }
+func (v signerVerifier) KeyHash() uint32 { return v.s.KeyHash() }
+func (v signerVerifier) Verify(msg, sig []byte) bool {
+	own, err := v.s.Sign(msg)
+	return err == nil && subtle.ConstantTimeCompare(own, sig) == 1
+}
+
+// keepCheckpoint writes the signed checkpoint to Options.CheckpointFile,
+// atomically: a temporary file in the same directory, synced, then renamed
+// over the old one.
+func (s *Sealer) keepCheckpoint(signed []byte) (err error) {
+	path := s.o.CheckpointFile
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err = f.Write(signed); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, derr := os.Open(filepath.Dir(path)); derr == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
 }
 
 // sealAll seals batches until none is full. Reading and hashing the next
@@ -394,6 +568,11 @@ func (s *Sealer) checkpoint(ctx context.Context, st *state) error {
 	if _, err := s.pool.Exec(ctx, `INSERT INTO checkpoints (tree_size, root_hash, note) VALUES ($1, $2, $3)
 		ON CONFLICT (tree_size) DO NOTHING`, int64(st.size), root, string(signed)); err != nil {
 		return fmt.Errorf("sealer: checkpoint of size %d: %w", st.size, eventstore.Unavailable(err))
+	}
+	if s.o.CheckpointFile != "" {
+		if err := s.keepCheckpoint(signed); err != nil {
+			return fmt.Errorf("sealer: keep the checkpoint of size %d in %s: %w", st.size, s.o.CheckpointFile, err)
+		}
 	}
 	st.checkpointSize, st.checkpointAt = st.size, s.o.Now()
 	s.metrics.checkpoint.Set(float64(st.size))

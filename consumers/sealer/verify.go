@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,27 +18,47 @@ import (
 // Problem is the first thing Verify found wrong with the ledger. Seq is the
 // first bad seq, or -1 when the problem is not about one event (a
 // checkpoint's signature).
+//
+// Some problems cannot be pinned to one seq: when an event and its leaf hash
+// were rewritten consistently, only the signed root of the checkpoint after
+// them disagrees, so the bad seq is somewhere in the range that checkpoint
+// added. Last is then the range's last seq, and Seq its first: the first seq
+// that the checkpoints can no longer vouch for (every seq before it still
+// verifies). For a problem of one seq, Last is Seq.
 type Problem struct {
 	Seq    int64
+	Last   int64
 	Reason string
 }
 
 func (p *Problem) Error() string {
-	if p.Seq < 0 {
+	switch {
+	case p.Seq < 0:
 		return p.Reason
+	case p.Last > p.Seq:
+		return fmt.Sprintf("first bad seq %d (the first that the checkpoints cannot vouch for): %s", p.Seq, p.Reason)
 	}
 	return fmt.Sprintf("first bad seq %d: %s", p.Seq, p.Reason)
 }
+
+// badSeq is a Problem of one seq.
+func badSeq(seq int64, reason string) *Problem { return &Problem{Seq: seq, Last: seq, Reason: reason} }
 
 // Report is what Verify checked.
 type Report struct {
 	Sealed      uint64 // sealed events, all checked
 	Checkpoints int    // signed checkpoints, all checked
-	Unsealed    int64  // committed events not sealed yet (the tail)
+	// Unsealed is how many committed events were not sealed yet (the tail),
+	// counted in one snapshot when the check ended: seals committed while
+	// it ran count as sealed there, though Sealed does not include them.
+	Unsealed int64
 }
 
-// verifyChunk is how many seals one query of Verify reads.
-const verifyChunk = 20000
+// verifyChunk is how many seals one query of Verify reads (a variable for
+// the tests).
+var verifyChunk atomic.Int64
+
+func init() { verifyChunk.Store(20000) }
 
 // Verify checks the whole ledger against its signed checkpoints and the event
 // table: every checkpoint's signature; that seqs are gapless; that each
@@ -93,8 +114,12 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, verifier note.Verifier, pro
 					return rep, err
 				}
 				if !bytes.Equal(root, checkpoints[next].Root) {
-					return rep, &Problem{Seq: int64(prevCheckpoint), Reason: fmt.Sprintf(
-						"the first %d leaves do not have the root signed in the checkpoint of that size: the seals table was altered between seq %d and %d",
+					// Every leaf was derived again from its event and matched,
+					// and the previous checkpoint's root matched: an event and
+					// its leaf hash were rewritten together, somewhere in the
+					// leaves this checkpoint added.
+					return rep, &Problem{Seq: int64(prevCheckpoint), Last: int64(rep.Sealed) - 1, Reason: fmt.Sprintf(
+						"the first %d leaves do not have the root signed in the checkpoint of that size, though each seal matches its event: an event and its leaf hash were rewritten together, somewhere within seq %d..%d",
 						rep.Sealed, prevCheckpoint, rep.Sealed-1)}
 				}
 				prevCheckpoint = rep.Sealed
@@ -106,22 +131,22 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, verifier note.Verifier, pro
 		}
 	}
 	if next < len(checkpoints) {
-		return rep, &Problem{Seq: int64(rep.Sealed), Reason: fmt.Sprintf(
-			"missing from the seals table, which ends there, but a checkpoint of size %d was signed", checkpoints[len(checkpoints)-1].Size)}
+		return rep, badSeq(int64(rep.Sealed), fmt.Sprintf(
+			"missing from the seals table, which ends there, but a checkpoint of size %d was signed", checkpoints[len(checkpoints)-1].Size))
 	}
 	if rep.Sealed > 0 {
-		if p, err := unsealedBehind(ctx, pool, last); err != nil || p != nil {
+		if p, err := unsealedBehind(ctx, pool, last, rep.Sealed); err != nil || p != nil {
 			if err != nil {
 				return rep, err
 			}
 			return rep, p
 		}
 	}
-	var total int64
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&total); err != nil {
+	// One statement, one snapshot: the sealer may have sealed more since
+	// the last chunk was read.
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events) - (SELECT count(*) FROM seals)`).Scan(&rep.Unsealed); err != nil {
 		return rep, fmt.Errorf("count events: %w", eventstore.Unavailable(err))
 	}
-	rep.Unsealed = total - int64(rep.Sealed)
 	return rep, nil
 }
 
@@ -183,14 +208,17 @@ type verifyRows struct {
 }
 
 // fetchSeals sends the seals in seq order, a chunk at a time, each with the
-// event now at its position. A chunk's events are read by one range scan of
-// their positions (ledger order is nearly position order), not by a lookup
-// per seal. Reading runs ahead of hashing, which runs ahead of checking: the
-// three overlap.
+// event now at its position. Chunks are pages of the seals that exist (keyset
+// paging), not ranges of seqs, so that a hole in the seqs, however long,
+// reaches the checker as a missing seq instead of ending the read. A chunk's
+// events are read by one range scan of their positions (ledger order is
+// nearly position order), not by a lookup per seal. Reading runs ahead of
+// hashing, which runs ahead of checking: the three overlap.
 func fetchSeals(ctx context.Context, pool *pgxpool.Pool, out chan<- verifyRows) {
 	defer close(out)
-	for from := int64(0); ; from += verifyChunk {
-		chunk, err := readChunk(ctx, pool, from)
+	limit := int(verifyChunk.Load())
+	for from := int64(0); ; {
+		chunk, err := readChunk(ctx, pool, from, limit)
 		if len(chunk) == 0 && err == nil {
 			return
 		}
@@ -199,17 +227,18 @@ func fetchSeals(ctx context.Context, pool *pgxpool.Pool, out chan<- verifyRows) 
 		case <-ctx.Done():
 			return
 		}
-		if err != nil {
+		if err != nil || len(chunk) < limit {
 			return
 		}
+		from = chunk[len(chunk)-1].seq + 1
 	}
 }
 
-// readChunk reads the seals of seq from to from+verifyChunk and the events
-// at their positions.
-func readChunk(ctx context.Context, pool *pgxpool.Pool, from int64) ([]verifyRow, error) {
+// readChunk reads the next limit seals from seq from on and the events at
+// their positions.
+func readChunk(ctx context.Context, pool *pgxpool.Pool, from int64, limit int) ([]verifyRow, error) {
 	rows, err := pool.Query(ctx, `SELECT seq, position, event_id::text, org_id, org_prev_seq, leaf_hash
-		FROM seals WHERE seq >= $1 AND seq < $2 ORDER BY seq`, from, from+verifyChunk)
+		FROM seals WHERE seq >= $1 ORDER BY seq LIMIT $2`, from, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read seals: %w", eventstore.Unavailable(err))
 	}
@@ -280,31 +309,31 @@ func hashChunks(ctx context.Context, in <-chan verifyRows, out chan<- verifyRows
 func checkRow(r verifyRow, want uint64, heads map[string]int64, last eventstore.Cursor) *Problem {
 	seq := int64(want)
 	if r.seq != seq {
-		return &Problem{Seq: seq, Reason: fmt.Sprintf("missing from the seals table (the next seal is seq %d)", r.seq)}
+		return badSeq(seq, fmt.Sprintf("missing from the seals table (the next seal is seq %d)", r.seq))
 	}
 	if !r.found {
-		return &Problem{Seq: seq, Reason: fmt.Sprintf("its event (position %d, id %s) is missing from the events table", r.position, r.eventID)}
+		return badSeq(seq, fmt.Sprintf("its event (position %d, id %s) is missing from the events table", r.position, r.eventID))
 	}
 	if r.event.ID != r.eventID || r.event.OrgID != r.orgID {
-		return &Problem{Seq: seq, Reason: fmt.Sprintf("the event at position %d is %s of %q, but %s of %q was sealed there: rows were moved or swapped",
-			r.position, r.event.ID, r.event.OrgID, r.eventID, r.orgID)}
+		return badSeq(seq, fmt.Sprintf("the event at position %d is %s of %q, but %s of %q was sealed there: rows were moved or swapped",
+			r.position, r.event.ID, r.event.OrgID, r.eventID, r.orgID))
 	}
 	c := r.event.Cursor
 	if want > 0 && (c.Xid < last.Xid || c.Xid == last.Xid && c.Position <= last.Position) {
-		return &Problem{Seq: seq, Reason: "its event comes before the previous seq's in ledger order: rows were reordered"}
+		return badSeq(seq, "its event comes before the previous seq's in ledger order: rows were reordered")
 	}
 	prev, ok := heads[r.orgID]
 	switch {
 	case ok && (r.orgPrevSeq == nil || *r.orgPrevSeq != prev):
-		return &Problem{Seq: seq, Reason: fmt.Sprintf("it names %s as its organization's previous event, but that is seq %d", orgPrev(r.orgPrevSeq), prev)}
+		return badSeq(seq, fmt.Sprintf("it names %s as its organization's previous event, but that is seq %d", orgPrev(r.orgPrevSeq), prev))
 	case !ok && r.orgPrevSeq != nil:
-		return &Problem{Seq: seq, Reason: fmt.Sprintf("it names seq %d as its organization's previous event, but it is the organization's first", *r.orgPrevSeq)}
+		return badSeq(seq, fmt.Sprintf("it names seq %d as its organization's previous event, but it is the organization's first", *r.orgPrevSeq))
 	}
 	if r.hashErr != nil {
-		return &Problem{Seq: seq, Reason: fmt.Sprintf("its event cannot be encoded: %v", r.hashErr)}
+		return badSeq(seq, fmt.Sprintf("its event cannot be encoded: %v", r.hashErr))
 	}
 	if !bytes.Equal(r.derived, r.leafHash) {
-		return &Problem{Seq: seq, Reason: "its event's content differs from what was sealed (the leaf hash derived from the events table is not the sealed one)"}
+		return badSeq(seq, "its event's content differs from what was sealed (the leaf hash derived from the events table is not the sealed one)")
 	}
 	return nil
 }
@@ -316,17 +345,20 @@ func orgPrev(s *int64) string {
 	return "seq " + strconv.FormatInt(*s, 10)
 }
 
-// unsealedBehind finds an unsealed event before the last sealed one in
-// ledger order: one inserted behind the sealer's back. It names the first
-// seq sealed after it.
-func unsealedBehind(ctx context.Context, pool *pgxpool.Pool, last eventstore.Cursor) (*Problem, error) {
+// unsealedBehind finds an unsealed event before the last verified one (seq
+// verified-1, whose event is at last) in ledger order: one inserted behind
+// the sealer's back. It names the first seq sealed after it.
+func unsealedBehind(ctx context.Context, pool *pgxpool.Pool, last eventstore.Cursor, verified uint64) (*Problem, error) {
 	xid := strconv.FormatUint(last.Xid, 10)
-	// Every sealed event is at or before the last one in ledger order, each
-	// at a position of its own: if no more events than seals are there, none
-	// was slipped in, and the costlier search below is not needed.
+	// The verified seals' events are the events at or before last in ledger
+	// order, each at a position of its own: if no more events than verified
+	// seals are there, none was slipped in, and the costlier search below is
+	// not needed. Only the verified seals count: a running sealer may have
+	// sealed more since the last chunk was read (after last in ledger
+	// order), and counting those would hide as many slipped-in events.
 	var behind, sealed int64
 	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events WHERE (transaction_id, position) <= ($1::text::xid8, $2)),
-		(SELECT count(*) FROM seals)`, xid, last.Position).Scan(&behind, &sealed); err != nil {
+		(SELECT count(*) FROM seals WHERE seq < $3)`, xid, last.Position, int64(verified)).Scan(&behind, &sealed); err != nil {
 		return nil, fmt.Errorf("unsealed events: %w", eventstore.Unavailable(err))
 	}
 	if behind <= sealed {
@@ -350,5 +382,5 @@ func unsealedBehind(ctx context.Context, pool *pgxpool.Pool, last eventstore.Cur
 	if err != nil {
 		return nil, fmt.Errorf("unsealed events: %w", eventstore.Unavailable(err))
 	}
-	return &Problem{Seq: seq, Reason: fmt.Sprintf("an event that was never sealed (position %d) sits before it in ledger order: it was inserted behind the sealer", pos)}, nil
+	return badSeq(seq, fmt.Sprintf("an event that was never sealed (position %d) sits before it in ledger order: it was inserted behind the sealer", pos)), nil
 }

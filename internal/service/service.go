@@ -77,6 +77,10 @@ type Options struct {
 	// Signer signs the audit log's checkpoints. Without it the service runs
 	// no sealer (it still serves what other instances sealed).
 	Signer note.Signer
+	// CheckpointFile is where the sealer keeps the last checkpoint it
+	// signed, outside the database (sealer.Options.CheckpointFile); empty:
+	// nowhere.
+	CheckpointFile string
 	// SealLag, if not nil, is told the seal lag of each event this process
 	// seals (the benchmarks read it; operators read the metric).
 	SealLag func(time.Duration)
@@ -117,7 +121,8 @@ func New(pool *pgxpool.Pool, o Options) (*Service, error) {
 	svc := &Service{Store: store, log: o.Logger}
 	if o.Signer != nil {
 		var err error
-		svc.Sealer, err = sealer.New(store, sealer.Options{Signer: o.Signer, Logger: o.Logger, Registry: reg, ObserveLag: o.SealLag})
+		svc.Sealer, err = sealer.New(store, sealer.Options{Signer: o.Signer, CheckpointFile: o.CheckpointFile,
+			Logger: o.Logger, Registry: reg, ObserveLag: o.SealLag})
 		if err != nil {
 			return nil, err
 		}
