@@ -17,4 +17,14 @@
 // Only one sealer seals at a time: leadership is eventstore.Lead's advisory
 // lock. Should two overlap for a moment, the primary key on seq and the
 // unique position refuse the second one's rows, and it reloads its state.
+//
+// A sealer signs only a tree that extends what was signed before: when it
+// takes the lead it checks, with its own key, that the database's tree has
+// the latest stored checkpoint's root at that size and extends it, and, with
+// Options.CheckpointFile (serve keeps <data-dir>/audit-last-checkpoint), that
+// the database reaches and extends the last checkpoint it wrote there. So
+// someone who rewrites events, their leaf hashes and the stored nodes, and
+// deletes the checkpoints, cannot have the forged tree signed; the sealer
+// refuses (keyledger_sealer_refusing is 1) until an operator looks. Without
+// the file, deleting every checkpoint leaves nothing to check against.
 package sealer
