@@ -48,7 +48,7 @@ func (s *Store) TailRaw(ctx context.Context, after Cursor, limit int) ([]RawEven
 
 // RawEventColumns are the columns ScanRawEvents reads, in its order, from a
 // query on the events table aliased e.
-const RawEventColumns = `e.position, e.transaction_id::text, e.id::text, e.org_id, e.key_id, e.stream_version, e.type, e.actor, e.occurred_at, e.data`
+const RawEventColumns = `e.position, e.transaction_id::text AS xid_text, e.id::text, e.org_id, e.key_id, e.stream_version, e.type, e.actor, e.occurred_at, e.data`
 
 // ScanRawEvents reads rows of eventColumns (or RawEventColumns) as stored.
 func ScanRawEvents(rows pgx.Rows) ([]RawEvent, error) {

@@ -174,30 +174,20 @@ func (s *Store) LookupIdempotency(ctx context.Context, orgID, key string, since 
 // scanEvents reads rows of eventColumns and returns the events with the
 // ledger cursor of the last one.
 func scanEvents(rows pgx.Rows) ([]domain.Event, Cursor, error) {
-	defer rows.Close()
-	var events []domain.Event
-	var last Cursor
-	for rows.Next() {
-		var e domain.Event
-		var xid string
-		var data []byte
-		if err := rows.Scan(&e.Position, &xid, &e.ID, &e.OrgID, &e.KeyID, &e.StreamVersion, &e.Type, &e.Actor, &e.OccurredAt, &data); err != nil {
-			return nil, last, err
-		}
-		e.OccurredAt = e.OccurredAt.UTC()
-		d, err := domain.DecodeData(e.Type, data)
-		if err != nil {
-			return nil, last, fmt.Errorf("event %s: %w", e.ID, err)
-		}
-		e.Data = d
-		c, err := cursorOf(xid, e.Position)
-		if err != nil {
-			return nil, last, err
-		}
-		last = c
-		events = append(events, e)
+	raw, err := ScanRawEvents(rows)
+	if err != nil || len(raw) == 0 {
+		return nil, Cursor{}, err
 	}
-	return events, last, rows.Err()
+	events := make([]domain.Event, len(raw))
+	for i, r := range raw {
+		d, err := domain.DecodeData(r.Type, r.Data)
+		if err != nil {
+			return nil, Cursor{}, fmt.Errorf("event %s: %w", r.ID, err)
+		}
+		events[i] = domain.Event{ID: r.ID, Type: r.Type, OrgID: r.OrgID, KeyID: r.KeyID, StreamVersion: r.StreamVersion,
+			OccurredAt: r.OccurredAt.UTC(), Actor: r.Actor, Data: d, Position: r.Cursor.Position}
+	}
+	return events, raw[len(raw)-1].Cursor, nil
 }
 
 // Import appends many new events in one transaction with COPY, and runs the

@@ -64,6 +64,34 @@ func (b *bench) startGateway(ctx context.Context, svc *instance) (*gatewayClient
 	return g, nil
 }
 
+// servedGateway starts the service on the scratch database, waits until it
+// follows the notices, and starts a gateway client on it whose cache is
+// primed with keys. The caller closes both.
+func (b *bench) servedGateway(ctx context.Context, scenario string, keys []verifyKey) (*instance, *gatewayClient, error) {
+	svc, err := b.startService(ctx, b.scratch)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := b.waitServiceCurrent(ctx, svc); err != nil {
+		svc.close()
+		return nil, nil, err
+	}
+	gw, err := b.startGateway(ctx, svc)
+	if err != nil {
+		svc.close()
+		return nil, nil, err
+	}
+	start := time.Now()
+	if err := gw.prime(ctx, keys); err != nil {
+		gw.close()
+		svc.close()
+		return nil, nil, err
+	}
+	fmt.Fprintf(b.progress, "%s: gateway client's cache primed with %s keys in %s\n",
+		scenario, thousands(int64(len(keys))), time.Since(start).Round(10*time.Millisecond))
+	return svc, gw, nil
+}
+
 // close stops the client and closes its NATS connection.
 func (g *gatewayClient) close() {
 	g.stop()

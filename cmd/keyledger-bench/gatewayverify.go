@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"testing"
-	"time"
 
 	"github.com/keyledger/keyledger/domain"
 )
@@ -29,24 +28,12 @@ func (b *bench) gatewayVerify(ctx context.Context, w io.Writer) (result, error) 
 	if err != nil {
 		return result{}, err
 	}
-	svc, err := b.startService(ctx, b.scratch)
+	svc, gw, err := b.servedGateway(ctx, "gateway-verify", keys)
 	if err != nil {
 		return result{}, err
 	}
 	defer svc.close()
-	if err := b.waitServiceCurrent(ctx, svc); err != nil {
-		return result{}, err
-	}
-	gw, err := b.startGateway(ctx, svc)
-	if err != nil {
-		return result{}, err
-	}
 	defer gw.close()
-	start := time.Now()
-	if err := gw.prime(ctx, keys); err != nil {
-		return result{}, err
-	}
-	fmt.Fprintf(b.progress, "gateway-verify: gateway client's cache primed with %s keys in %s\n", thousands(int64(n)), time.Since(start).Round(10*time.Millisecond))
 
 	// The baseline's map holds what the cache holds, by the same digests.
 	digests := make(map[domain.KeyHash]*domain.Key, n)

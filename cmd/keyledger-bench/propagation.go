@@ -53,24 +53,12 @@ func (b *bench) propagation(ctx context.Context, w io.Writer) (result, error) {
 		return result{}, err
 	}
 	revoked, valid := keys[:n], keys[n:]
-	svc, err := b.startService(ctx, b.scratch)
+	svc, gw, err := b.servedGateway(ctx, "propagation", keys)
 	if err != nil {
 		return result{}, err
 	}
 	defer svc.close()
-	if err := b.waitServiceCurrent(ctx, svc); err != nil {
-		return result{}, err
-	}
-	gw, err := b.startGateway(ctx, svc)
-	if err != nil {
-		return result{}, err
-	}
 	defer gw.close()
-	start := time.Now()
-	if err := gw.prime(ctx, keys); err != nil {
-		return result{}, err
-	}
-	fmt.Fprintf(b.progress, "propagation: gateway client's cache primed with %s keys in %s\n", thousands(int64(len(keys))), time.Since(start).Round(10*time.Millisecond))
 
 	floor, err := newNATSFloor(b.nats.url, "_"+b.nats.notices.Prefix+".floor")
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 
+	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/internal/service"
 )
@@ -40,7 +41,7 @@ func (b *bench) startService(ctx context.Context, db *database) (*instance, erro
 	if err != nil {
 		return nil, err
 	}
-	nc, err := service.ConnectNATS(b.nats.url, "keyledger-bench-service", slog.New(slog.NewTextHandler(b.progress, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	nc, err := notices.Connect(b.nats.url, "keyledger-bench-service", slog.New(slog.NewTextHandler(b.progress, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		pool.Close()
 		return nil, err

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/keyledger/keyledger/audit"
@@ -146,31 +145,6 @@ there is none yet, as serve would on first start.`}, args, getenv, stderr)
 	return nil
 }
 
-// connectDatabase connects to an existing database and applies the
-// migrations it lacks; unlike serve, it never creates the database.
-func connectDatabase(ctx context.Context, url string) (*pgxpool.Pool, error) {
-	pcfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("KEYLEDGER_DATABASE_URL: %w", err)
-	}
-	pcfg.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err == nil {
-		err = pool.Ping(ctx)
-	}
-	if err != nil {
-		if pool != nil {
-			pool.Close()
-		}
-		return nil, fmt.Errorf("KEYLEDGER_DATABASE_URL: %w", err)
-	}
-	if err := eventstore.Migrate(ctx, pool); err != nil {
-		pool.Close()
-		return nil, err
-	}
-	return pool, nil
-}
-
 // timeFlag is a flag holding an RFC 3339 time.
 type timeFlag struct{ t time.Time }
 
@@ -234,7 +208,7 @@ keyledger audit verify --file. Progress goes to stderr.`,
 	if !domain.ValidOrgID(org) {
 		return errors.New("--org: required, an organization id matching ^[A-Za-z0-9_-]{1,64}$")
 	}
-	pool, err := connectDatabase(ctx, cfg.DatabaseURL)
+	pool, err := connectDatabase(ctx, cfg.DatabaseURL, toolPoolConns)
 	if err != nil {
 		return err
 	}
@@ -288,7 +262,7 @@ bad seq, and exits 1. Progress goes to stderr.`,
 	if err != nil {
 		return fmt.Errorf("--public-key: %w", err)
 	}
-	pool, err := connectDatabase(ctx, cfg.DatabaseURL)
+	pool, err := connectDatabase(ctx, cfg.DatabaseURL, toolPoolConns)
 	if err != nil {
 		return err
 	}
@@ -385,7 +359,7 @@ Progress goes to stderr.`,
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	pool, err := connectDatabase(ctx, cfg.DatabaseURL)
+	pool, err := connectDatabase(ctx, cfg.DatabaseURL, toolPoolConns)
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,6 @@ import (
 	gwclient "github.com/keyledger/keyledger/consumers/gateway"
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/domain"
-	"github.com/keyledger/keyledger/internal/service"
 )
 
 const gatewaySummary = `Runs a reverse proxy that lets through only requests whose x-api-key is valid
@@ -165,7 +164,7 @@ func gateway(ctx context.Context, args []string, getenv func(string) string, std
 	log := newLogger(stderr, cfg.LogLevel)
 	upstream, _ := url.Parse(cfg.Upstream) // checked by validate
 
-	nc, err := service.ConnectNATS(cfg.NATSURL, "keyledger-gateway", log)
+	nc, err := notices.Connect(cfg.NATSURL, "keyledger-gateway", log)
 	if err != nil {
 		return fmt.Errorf("KEYLEDGER_NATS_URL: %w", err)
 	}

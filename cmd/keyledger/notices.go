@@ -11,7 +11,6 @@ import (
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/consumers/relay"
 	"github.com/keyledger/keyledger/eventstore"
-	"github.com/keyledger/keyledger/internal/service"
 )
 
 const republishSummary = `Publishes the ledger's events again to the notices stream, in ledger order,
@@ -50,12 +49,12 @@ func noticesCmd(ctx context.Context, args []string, getenv func(string) string, 
 		return errors.New("KEYLEDGER_NATS_URL: give the NATS server the service publishes to (an embedded server prints its URL at start)")
 	}
 	log := newLogger(stderr, cfg.LogLevel)
-	pool, err := connectDatabase(ctx, cfg.DatabaseURL)
+	pool, err := connectDatabase(ctx, cfg.DatabaseURL, toolPoolConns)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	nc, err := service.ConnectNATS(cfg.NATSURL, "keyledger notices republish", log)
+	nc, err := notices.Connect(cfg.NATSURL, "keyledger notices republish", log)
 	if err != nil {
 		return fmt.Errorf("KEYLEDGER_NATS_URL: %w", err)
 	}

@@ -103,7 +103,7 @@ func connectNATS(cfg Config, log *slog.Logger, stdout io.Writer) (nc *nats.Conn,
 		url, env = embedded.ClientURL(), "KEYLEDGER_NATS_LISTEN"
 		fmt.Fprintf(stdout, "keyledger: embedded NATS server on %s (JetStream files in %s)\n", url, filepath.Join(cfg.DataDir, "nats"))
 	}
-	nc, err = service.ConnectNATS(url, "keyledger", log)
+	nc, err = notices.Connect(url, "keyledger", log)
 	if err != nil {
 		if embedded != nil {
 			embedded.Shutdown()
@@ -119,20 +119,38 @@ func connectNATS(cfg Config, log *slog.Logger, stdout io.Writer) (nc *nats.Conn,
 	}, nil
 }
 
-// openDatabase creates the database if missing, connects and migrates.
+// toolPoolConns is the pool size of the one-shot commands (audit, views,
+// notices) when the database URL sets none.
+const toolPoolConns = 4
+
+// openDatabase creates the database if missing, then connects as
+// connectDatabase does, with the pool serve runs with.
 func openDatabase(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if err := eventstore.EnsureDatabase(ctx, url); err != nil {
 		return nil, fmt.Errorf("KEYLEDGER_DATABASE_URL: %w", err)
 	}
+	return connectDatabase(ctx, url, defaultPoolConns)
+}
+
+// connectDatabase connects to an existing database with a pool of conns
+// connections (unless the URL sets pool_max_conns) and applies the
+// migrations it lacks; unlike openDatabase, it never creates the database.
+func connectDatabase(ctx context.Context, url string, conns int32) (*pgxpool.Pool, error) {
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("KEYLEDGER_DATABASE_URL: %w", err)
 	}
 	if !strings.Contains(url, "pool_max_conns") {
-		pcfg.MaxConns = defaultPoolConns
+		pcfg.MaxConns = conns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err == nil {
+		err = pool.Ping(ctx)
+	}
 	if err != nil {
+		if pool != nil {
+			pool.Close()
+		}
 		return nil, fmt.Errorf("KEYLEDGER_DATABASE_URL: %w", err)
 	}
 	if err := eventstore.Migrate(ctx, pool); err != nil {

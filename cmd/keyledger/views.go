@@ -34,7 +34,7 @@ transaction only). Progress goes to stderr.`}, args[1:], getenv, stderr)
 	if err != nil {
 		return err
 	}
-	pool, err := connectDatabase(ctx, cfg.DatabaseURL)
+	pool, err := connectDatabase(ctx, cfg.DatabaseURL, toolPoolConns)
 	if err != nil {
 		return err
 	}

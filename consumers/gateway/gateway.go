@@ -120,7 +120,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("gateway: cache metrics: %w", err)
 	}
 	if c.nc == nil {
-		c.nc, err = connect(cfg.NATSURL, c.log)
+		c.nc, err = notices.Connect(cfg.NATSURL, "keyledger-gateway", c.log)
 		if err != nil {
 			return nil, err
 		}
@@ -167,27 +167,6 @@ func (cfg Config) validate() error {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	return nil
-}
-
-// connect opens a NATS connection that reconnects for ever: notices must
-// resume after any outage, and the follower picks up where it stopped.
-func connect(url string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
-		nats.Name("keyledger-gateway"),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.RetryOnFailedConnect(true),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("gateway: NATS disconnected; cached keys are trusted until stale", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("gateway: NATS reconnected", "url", c.ConnectedUrl()) }),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: NATS %s: %w", url, err)
-	}
-	return nc, nil
 }
 
 // Run follows the notices until ctx ends. It returns an error only when it

@@ -39,16 +39,15 @@ type Sink interface {
 // nothing is missed. It starts after the stream's last message at the time
 // Run starts: a sink fills the rest from the service, the authority.
 type Follower struct {
-	js     jetstream.JetStream
-	nc     *nats.Conn
-	cfg    Config
-	sink   Sink
-	log    *slog.Logger
-	now    func() time.Time
-	onLate func(time.Duration) // time from an event's occurrence to its application
-	delay  prometheus.Histogram
-	made   time.Time
-	gaps   atomic.Uint64
+	js    jetstream.JetStream
+	nc    *nats.Conn
+	cfg   Config
+	sink  Sink
+	log   *slog.Logger
+	now   func() time.Time
+	delay prometheus.Histogram
+	made  time.Time
+	gaps  atomic.Uint64
 
 	mu         sync.Mutex
 	applied    uint64        // the stream sequence of the last notice applied
@@ -64,9 +63,6 @@ type Follower struct {
 type FollowerOptions struct {
 	Logger *slog.Logger
 	Now    func() time.Time
-	// Applied, if set, is told how long after its occurrence each event
-	// was applied.
-	Applied func(time.Duration)
 	// Registerer, if set, receives the follower's metrics: notices
 	// applied, their delay from commit, gaps, staleness.
 	Registerer prometheus.Registerer
@@ -84,11 +80,8 @@ func NewFollower(nc *nats.Conn, cfg Config, sink Sink, o FollowerOptions) (*Foll
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.Applied == nil {
-		o.Applied = func(time.Duration) {}
-	}
 	f := &Follower{js: js, nc: nc, cfg: cfg.WithDefaults(), sink: sink, log: o.Logger, now: o.Now,
-		onLate: o.Applied, made: o.Now(), started: make(chan struct{}), reset: make(chan struct{}, 1)}
+		made: o.Now(), started: make(chan struct{}), reset: make(chan struct{}, 1)}
 	if o.Registerer != nil {
 		if err := f.registerMetrics(o.Registerer); err != nil {
 			return nil, err
@@ -266,10 +259,8 @@ func (f *Follower) handle(m jetstream.Msg) {
 	} else {
 		f.sink.Apply(e)
 		f.appliedCnt.Add(1)
-		late := f.now().Sub(e.OccurredAt)
-		f.onLate(late)
 		if f.delay != nil {
-			f.delay.Observe(late.Seconds())
+			f.delay.Observe(f.now().Sub(e.OccurredAt).Seconds())
 		}
 	}
 	f.applied = seq

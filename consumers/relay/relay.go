@@ -40,6 +40,7 @@ import (
 	wmprom "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -254,7 +255,7 @@ func (r *Relay) checkpoint(ctx context.Context) (eventstore.Cursor, error) {
 	err := r.pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM relay_checkpoints WHERE name = $1`,
 		r.cfg.Notices.Stream).Scan(&xid, &c.Position)
 	if err != nil {
-		if errors.Is(err, pgxNoRows) {
+		if errors.Is(err, pgx.ErrNoRows) {
 			return eventstore.Cursor{}, nil
 		}
 		return c, fmt.Errorf("relay checkpoint: %w", eventstore.Unavailable(err))

@@ -6,14 +6,11 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 )
-
-var pgxNoRows = pgx.ErrNoRows
 
 // behindLimit caps the count of events a lag check makes.
 const behindLimit = 100_000

@@ -229,31 +229,6 @@ func natsReady(nc *nats.Conn) api.Check {
 	}
 }
 
-// ConnectNATS connects to url the way the service does: reconnecting for
-// ever, since notices must resume after any outage.
-func ConnectNATS(url, name string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
-		nats.Name(name),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.RetryOnFailedConnect(true),
-		// Nothing is held for sending while disconnected: a JetStream
-		// publication is retried by the relay anyway, and a heartbeat
-		// sent late would vouch for a moment long past.
-		nats.ReconnectBufSize(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("NATS disconnected", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("NATS %s: %w", url, err)
-	}
-	return nc, nil
-}
-
 // NewHTTPServer wraps h in an http.Server with the timeouts keyledger serves
 // with: a slow client cannot hold a connection open for ever.
 func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
