@@ -10,8 +10,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/internal/coalesce"
 )
 
 // Projector keeps a view current. Queue adds to b the statements that apply
@@ -29,6 +31,9 @@ type Store struct {
 	pool    *pgxpool.Pool
 	inline  []Projector
 	commits *commits
+	appends *coalesce.Group[appendRequest, []domain.Event]
+	// appendGroups observes the appends of each committed transaction.
+	appendGroups prometheus.Histogram
 }
 
 var _ domain.EventStore = (*Store)(nil)
@@ -36,7 +41,22 @@ var _ domain.EventStore = (*Store)(nil)
 // New returns a store on pool. The inline projectors run inside every
 // appending transaction.
 func New(pool *pgxpool.Pool, inline ...Projector) *Store {
-	return &Store{pool: pool, inline: inline, commits: newCommits()}
+	s := &Store{pool: pool, inline: inline, commits: newCommits(), appendGroups: newAppendGroups()}
+	s.appends = coalesce.New(appendWorkers(pool), maxAppendBatch, s.appendBatch)
+	return s
+}
+
+// maxAppendBatch bounds the appends that commit together.
+const maxAppendBatch = 64
+
+// appendWorkers is how many appending transactions run at once: an eighth
+// of the pool's connections (at least one), two for serve's default pool of
+// 16. Fewer transactions at a time make larger groups (in the generate
+// benchmark, 32 clients: 4 workers committed 4.2 keys per transaction, 2
+// committed 7.4 and went 7% faster), and leave the other connections to the
+// readers.
+func appendWorkers(pool *pgxpool.Pool) int {
+	return max(1, int(pool.Config().MaxConns)/8)
 }
 
 // Pool returns the store's connection pool.
@@ -65,18 +85,23 @@ func (s *Store) Load(ctx context.Context, orgID, keyID string) ([]domain.Event, 
 	return events, nil
 }
 
+// appendRequest is one Append call: events of one stream, which must stand
+// at version expected, and the idempotency record to claim, if any.
+type appendRequest struct {
+	expected int64
+	events   []domain.Event
+	idem     *domain.IdempotencyRecord
+}
+
 // Append commits events to the end of their stream (all events of one call
 // belong to one key), which must stand at version expected. It returns the
 // events with their positions.
 //
-// The transaction takes two round trips: BEGIN, the version check, the
-// idempotency claim, the inserts and the inline projectors' statements go as
-// one pipelined batch, then COMMIT. COMMIT is kept apart so that Postgres
-// commits only what a client still connected asks it to: a batch that ended
-// in an implicit commit would commit after its client had gone, and a command
-// answered 503 would have taken effect. A new stream (expected 0) needs no
-// version check: the primary key on (key_id, stream_version) refuses a second
-// version 1.
+// Concurrent appends commit together (group commit, see appendBatch): under
+// load, one transaction, one round trip of statements and one WAL flush
+// serve many commands, which is what lets a small machine generate keys
+// faster than it commits single-row transactions. Alone, an append is its
+// own transaction.
 func (s *Store) Append(ctx context.Context, expected int64, events []domain.Event, idem *domain.IdempotencyRecord) ([]domain.Event, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -87,24 +112,86 @@ func (s *Store) Append(ctx context.Context, expected int64, events []domain.Even
 			return nil, fmt.Errorf("append %s: events must be one stream's next versions", keyID)
 		}
 	}
-	out := make([]domain.Event, len(events))
-	copy(out, events)
-	b := &pgx.Batch{}
-	b.BeginTx(pgx.TxOptions{})
-	if expected > 0 {
-		b.Queue(`SELECT expect_stream_version($1, $2)`, keyID, expected)
-	}
-	if idem != nil {
-		claimIdempotency(b, idem)
-	}
-	if err := s.queueEvents(b, out); err != nil {
-		return nil, fmt.Errorf("append %s: %w", keyID, err)
-	}
-	if err := sendAndCommit(ctx, s.pool, b); err != nil {
+	out, err := s.appends.Do(ctx, appendRequest{expected: expected, events: events, idem: idem})
+	if err != nil {
 		return nil, fmt.Errorf("append %s: %w", keyID, appendError(err))
 	}
-	s.commits.signal()
 	return out, nil
+}
+
+// appendBatch commits a group of appends in one transaction, which takes two
+// round trips: BEGIN, the version checks, the idempotency claims, one insert
+// of every event and the inline projectors' statements go as one pipelined
+// batch, then COMMIT. COMMIT is kept apart so that Postgres commits only what
+// a client still connected asks it to: a batch that ended in an implicit
+// commit would commit after its client had gone, and a command answered 503
+// would have taken effect. The batch's context ends only when all of its
+// callers have gone (see package coalesce).
+//
+// A new stream (expected 0) needs no version check: the primary key on
+// (key_id, stream_version) refuses a second version 1. If a statement fails,
+// nothing of the group is committed, and when the group had more than one
+// append each is tried again alone, so that only the one in conflict fails,
+// with its own error.
+func (s *Store) appendBatch(ctx context.Context, reqs []appendRequest) []coalesce.Result[[]domain.Event] {
+	results := make([]coalesce.Result[[]domain.Event], len(reqs))
+	out, err := s.commitAppends(ctx, reqs)
+	if err != nil && len(reqs) > 1 && refusedStatement(err) {
+		for i := range reqs {
+			results[i] = s.appendBatch(ctx, reqs[i:i+1])[0]
+		}
+		return results
+	}
+	if err != nil {
+		for i := range results {
+			results[i].Err = err
+		}
+		return results
+	}
+	for i := range results {
+		results[i].Value = out[i]
+	}
+	s.appendGroups.Observe(float64(len(reqs)))
+	s.commits.signal()
+	return results
+}
+
+// commitAppends runs one transaction of appends and returns each one's
+// events with their positions.
+func (s *Store) commitAppends(ctx context.Context, reqs []appendRequest) ([][]domain.Event, error) {
+	out := make([][]domain.Event, len(reqs))
+	var all []domain.Event
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	for i, r := range reqs {
+		if r.expected > 0 {
+			b.Queue(`SELECT expect_stream_version($1, $2)`, r.events[0].KeyID, r.expected)
+		}
+		if r.idem != nil {
+			claimIdempotency(b, r.idem)
+		}
+		all = append(all, r.events...)
+		out[i] = make([]domain.Event, len(r.events))
+	}
+	if err := s.queueEvents(b, all); err != nil {
+		return nil, err
+	}
+	if err := sendAndCommit(ctx, s.pool, b); err != nil {
+		return nil, err
+	}
+	n := 0
+	for i := range out {
+		n += copy(out[i], all[n:])
+	}
+	return out, nil
+}
+
+// refusedStatement tells whether Postgres refused one of a transaction's
+// statements (a conflict, a bad value), as opposed to being out of reach.
+func refusedStatement(err error) bool {
+	var pgErr *pgconn.PgError
+	var unavailable unavailableError
+	return errors.As(err, &pgErr) && !errors.As(Unavailable(err), &unavailable)
 }
 
 // sendAndCommit sends a batch that begins a transaction, then commits it, or
@@ -123,20 +210,49 @@ func sendAndCommit(ctx context.Context, pool *pgxpool.Pool, b *pgx.Batch) error 
 	return tx.Commit(ctx)
 }
 
-// queueEvents queues the inserts of events, which set their positions when
-// the batch runs, and the inline projectors' statements.
+// queueEvents queues one insert of events, in order, which sets their
+// positions when the batch runs, and the inline projectors' statements.
 func (s *Store) queueEvents(b *pgx.Batch, events []domain.Event) error {
+	var c struct {
+		ids, orgs, keys, types, actors, data []string
+		versions                             []int64
+		at                                   []time.Time
+	}
+	index := make(map[string]int, len(events))
 	for i := range events {
 		e := &events[i]
 		data, err := json.Marshal(e.Data)
 		if err != nil {
 			return fmt.Errorf("encode %s: %w", e.Type, err)
 		}
-		b.Queue(`INSERT INTO events (id, org_id, key_id, stream_version, type, actor, occurred_at, data)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING position`,
-			e.ID, e.OrgID, e.KeyID, e.StreamVersion, e.Type, e.Actor, e.OccurredAt, data,
-		).QueryRow(func(row pgx.Row) error { return row.Scan(&e.Position) })
+		index[e.ID] = i
+		c.ids = append(c.ids, e.ID)
+		c.orgs = append(c.orgs, e.OrgID)
+		c.keys = append(c.keys, e.KeyID)
+		c.versions = append(c.versions, e.StreamVersion)
+		c.types = append(c.types, e.Type)
+		c.actors = append(c.actors, e.Actor)
+		c.at = append(c.at, e.OccurredAt)
+		c.data = append(c.data, string(data))
 	}
+	// Positions come from the identity in the order the rows are inserted,
+	// which ORDER BY n makes the order of events.
+	b.Queue(`INSERT INTO events (id, org_id, key_id, stream_version, type, actor, occurred_at, data)
+		SELECT id::uuid, org_id, key_id, stream_version, type, actor, occurred_at, data::jsonb
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::timestamptz[], $8::text[])
+			WITH ORDINALITY AS e(id, org_id, key_id, stream_version, type, actor, occurred_at, data, n)
+		ORDER BY n
+		RETURNING id::text, position`,
+		c.ids, c.orgs, c.keys, c.versions, c.types, c.actors, c.at, c.data,
+	).Query(func(rows pgx.Rows) error {
+		var id string
+		var position int64
+		_, err := pgx.ForEachRow(rows, []any{&id, &position}, func() error {
+			events[index[id]].Position = position
+			return nil
+		})
+		return err
+	})
 	for _, p := range s.inline {
 		if err := p.Queue(b, events); err != nil {
 			return err

@@ -59,7 +59,6 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 
 	for _, walk := range []int{1, 2, 5, 16, 0} {
 		views := projections.NewViews(b.pool)
-		t.Cleanup(views.Close)
 		projections.SetListWalk(views, walk)
 		for _, search := range []string{"prod", "PRODUCTION", "_", "%", `\`, "-42", "o", "terraform", "no-such-name"} {
 			for _, status := range append([]domain.Status{""}, domain.Statuses...) {

@@ -3,7 +3,6 @@ package projections
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/internal/coalesce"
 )
 
 // LookupKey returns the key whose digest is hash, or nil.
@@ -27,106 +27,51 @@ func (v *Views) LookupKey(ctx context.Context, hash domain.KeyHash) (*domain.Key
 const (
 	// maxLookupBatch bounds the keys of one query.
 	maxLookupBatch = 64
-	// lookupTimeout bounds one query: it serves several callers, so no one
-	// caller's context governs it.
+	// lookupTimeout bounds one query.
 	lookupTimeout = 5 * time.Second
 )
 
-type lookupRequest struct {
-	hash  domain.KeyHash
-	reply chan lookupResult
-}
-
-type lookupResult struct {
-	key *domain.Key
-	err error
-}
-
 // lookupBatcher runs the coalesced lookups of LookupKey.
 type lookupBatcher struct {
-	pool     *pgxpool.Pool
-	requests chan lookupRequest
-	done     chan struct{}
-	stop     sync.Once
-	replies  sync.Pool
+	pool  *pgxpool.Pool
+	group *coalesce.Group[domain.KeyHash, *domain.Key]
 }
 
 // newLookupBatcher starts half the pool's connections' worth of workers (at
 // least one), so that lookups never starve the command path of connections.
 func newLookupBatcher(pool *pgxpool.Pool) *lookupBatcher {
-	b := &lookupBatcher{
-		pool:     pool,
-		requests: make(chan lookupRequest),
-		done:     make(chan struct{}),
-	}
-	b.replies.New = func() any { return make(chan lookupResult, 1) }
-	workers := max(1, int(pool.Config().MaxConns)/2)
-	for range workers {
-		go b.work()
-	}
+	b := &lookupBatcher{pool: pool}
+	b.group = coalesce.New(int(pool.Config().MaxConns)/2, maxLookupBatch, b.run)
 	return b
 }
 
-func (b *lookupBatcher) close() { b.stop.Do(func() { close(b.done) }) }
-
 func (b *lookupBatcher) lookup(ctx context.Context, hash domain.KeyHash) (*domain.Key, error) {
-	reply := b.replies.Get().(chan lookupResult)
-	select {
-	case b.requests <- lookupRequest{hash: hash, reply: reply}:
-	case <-ctx.Done():
-		b.replies.Put(reply)
-		return nil, fmt.Errorf("lookup key: %w", eventstore.Unavailable(ctx.Err()))
-	case <-b.done:
-		b.replies.Put(reply)
-		return nil, domain.Errorf(domain.EUnavailable, "the service is shutting down")
-	}
-	select {
-	case r := <-reply:
-		b.replies.Put(reply)
-		return r.key, r.err
-	case <-ctx.Done():
-		// The worker still answers into the buffered reply, which is then
-		// dropped rather than reused.
+	k, err := b.group.Do(ctx, hash)
+	if err != nil && ctx.Err() != nil {
 		return nil, fmt.Errorf("lookup key: %w", eventstore.Unavailable(ctx.Err()))
 	}
+	return k, err
 }
 
-// work answers batches of lookups until the batcher is closed.
-func (b *lookupBatcher) work() {
-	batch := make([]lookupRequest, 0, maxLookupBatch)
-	hashes := make([][]byte, 0, maxLookupBatch)
-	for {
-		select {
-		case r := <-b.requests:
-			batch = append(batch[:0], r)
-		case <-b.done:
-			return
-		}
-	collect:
-		for len(batch) < maxLookupBatch {
-			select {
-			case r := <-b.requests:
-				batch = append(batch, r)
-			default:
-				break collect
-			}
-		}
-		hashes = hashes[:0]
-		for i := range batch {
-			hashes = append(hashes, batch[i].hash[:])
-		}
-		found, err := b.query(hashes)
-		for _, r := range batch {
-			r.reply <- lookupResult{key: found[r.hash], err: err}
-		}
+// run answers a batch of lookups with one query.
+func (b *lookupBatcher) run(ctx context.Context, hashes []domain.KeyHash) []coalesce.Result[*domain.Key] {
+	out := make([]coalesce.Result[*domain.Key], len(hashes))
+	found, err := b.query(ctx, hashes)
+	for i, h := range hashes {
+		out[i] = coalesce.Result[*domain.Key]{Value: found[h], Err: err}
 	}
+	return out
 }
 
-func (b *lookupBatcher) query(hashes [][]byte) (map[domain.KeyHash]*domain.Key, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+func (b *lookupBatcher) query(ctx context.Context, hashes []domain.KeyHash) (map[domain.KeyHash]*domain.Key, error) {
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
+	digests := make([][]byte, len(hashes))
+	for i := range hashes {
+		digests[i] = hashes[i][:]
+	}
 	rows, err := b.pool.Query(ctx, `SELECT org_id, key_id, name, masked, key_hash, created_at, expires_at, revoked_at, version
-		FROM key_lookup WHERE key_hash = ANY($1::bytea[])`, hashes)
+		FROM key_lookup WHERE key_hash = ANY($1::bytea[])`, digests)
 	if err != nil {
 		return nil, fmt.Errorf("lookup key: %w", eventstore.Unavailable(err))
 	}

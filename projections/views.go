@@ -23,14 +23,10 @@ type Views struct {
 	walk    int // listWalk if 0; tests set it through SetListWalk
 }
 
-// NewViews returns a reader of the views in pool's database. Close stops
-// its lookup workers.
+// NewViews returns a reader of the views in pool's database.
 func NewViews(pool *pgxpool.Pool) *Views {
 	return &Views{pool: pool, lookups: newLookupBatcher(pool)}
 }
-
-// Close stops the lookup workers; lookups after Close fail.
-func (v *Views) Close() { v.lookups.close() }
 
 var (
 	_ domain.KeyLookup = (*Views)(nil)

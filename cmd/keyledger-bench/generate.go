@@ -49,10 +49,11 @@ func (b *bench) generate(ctx context.Context, w io.Writer) (result, error) {
 		return result{}, err
 	}
 	defer svc.close()
+	genOrg := "bench-gen-" + b.runID
 	gen, base := b.compare(ctx, "generate", b.scratch, httpSide(httpLoad{
 		label:   "keyledger POST /keys (201)",
 		clients: cfg.generateClients,
-		targets: generateTargeter(svc, "bench-gen-"+b.runID),
+		targets: generateTargeter(svc, genOrg),
 		success: http.StatusCreated,
 	}), raw)
 	if err := ctx.Err(); err != nil {
@@ -62,9 +63,20 @@ func (b *bench) generate(ctx context.Context, w io.Writer) (result, error) {
 		return result{}, err
 	}
 
+	// How many keys each transaction committed, warm-up included.
+	var keys, txs int64
+	if err := b.scratch.loader.QueryRow(ctx, `SELECT count(*), count(DISTINCT transaction_id) FROM events WHERE org_id = $1`,
+		genOrg).Scan(&keys, &txs); err != nil {
+		return result{}, err
+	}
+
 	printRun(w, gen, "req/s")
 	printRun(w, base, "tx/s")
 	r := measured("generate", "req/s", "ratio >= 0.5", gen, base, cfg.generateClients, cfg.duration, load)
+	if txs > 0 {
+		r.KeysPerTransaction = round(float64(keys)/float64(txs), 2)
+		fmt.Fprintf(w, "  the service committed %d keys in %d transactions (%.2f keys per transaction)\n", keys, txs, r.KeysPerTransaction)
+	}
 	r.Value, r.Baseline, r.Target = round(gen.rate(), 1), round(base.rate(), 1), generateTarget
 	r.Ratio = ratio(gen.rate(), base.rate())
 	r.OK = r.Ratio >= generateTarget

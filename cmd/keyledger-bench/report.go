@@ -51,6 +51,9 @@ type result struct {
 	// Gateway-verify: allocations per operation, measured and baseline.
 	AllocsPerOp         *int64 `json:"allocs_per_op,omitempty"`
 	BaselineAllocsPerOp *int64 `json:"baseline_allocs_per_op,omitempty"`
+	// Generate: keys per transaction, read from the events table (the
+	// service commits concurrent commands together).
+	KeysPerTransaction float64 `json:"keys_per_transaction,omitempty"`
 	// Verify: the positives in the service's cache after the run, and
 	// whether its follower was still current then.
 	CachedKeys   int     `json:"cached_keys,omitempty"`

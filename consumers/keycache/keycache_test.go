@@ -274,7 +274,6 @@ func TestLookupServesTheServiceFromTheCacheWithPostgresAsAuthority(t *testing.T)
 	pool := pgtest.NewPool(t)
 	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
 	views := projections.NewViews(pool)
-	t.Cleanup(views.Close)
 	ledger := &domain.Ledger{Store: store, KeyPrefix: "kl", Now: time.Now}
 	ctx := context.Background()
 	g, err := ledger.GenerateKey(ctx, domain.GenerateKey{OrgID: "acme", Name: "svc"}, "")
@@ -315,7 +314,6 @@ func TestLookupHoldsBackPositivesUntilReady(t *testing.T) {
 	pool := pgtest.NewPool(t)
 	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
 	views := projections.NewViews(pool)
-	t.Cleanup(views.Close)
 	ledger := &domain.Ledger{Store: store, KeyPrefix: "kl", Now: time.Now}
 	ctx := context.Background()
 	g, err := ledger.GenerateKey(ctx, domain.GenerateKey{OrgID: "acme", Name: "early"}, "")

@@ -115,6 +115,9 @@ func New(pool *pgxpool.Pool, o Options) (*Service, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
+	if err := store.Register(reg); err != nil {
+		return nil, err
+	}
 	views := projections.NewViews(pool)
 	ready := map[string]api.Check{"database": pool.Ping}
 	auditLog := sealer.NewLog(pool)

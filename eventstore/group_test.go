@@ -1,0 +1,127 @@
+package eventstore_test
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/internal/pgtest"
+)
+
+// queueBehindAStalledAppend starts an append that waits on a lock held by an
+// open transaction, then the appends of calls, which queue behind it (a pool
+// of 4 connections has one appending worker), then lets the first one go.
+// It returns each call's outcome.
+func queueBehindAStalledAppend(t *testing.T, b bundle, calls []func() ([]domain.Event, error)) ([]domain.Event, [][]domain.Event, []error) {
+	t.Helper()
+	ctx := testContext(t)
+	stalled := generated("org-a", domain.NewKeyID(), time.Now())
+	tx := begin(t, b.pool)
+	rawInsert(t, ctx, tx, "org-a", stalled.KeyID, 1)
+	first := make(chan error, 1)
+	var firstOut []domain.Event
+	go func() {
+		var err error
+		firstOut, err = b.store.Append(ctx, 0, []domain.Event{stalled}, nil)
+		first <- err
+	}()
+	waitForLockWaiter(t, b.pool)
+
+	outs := make([][]domain.Event, len(calls))
+	errs := make([]error, len(calls))
+	var wg sync.WaitGroup
+	for i, call := range calls {
+		wg.Go(func() { outs[i], errs[i] = call() })
+	}
+	time.Sleep(300 * time.Millisecond) // let them all queue behind the stalled one
+	require.NoError(t, tx.Rollback(ctx))
+	require.NoError(t, <-first)
+	wg.Wait()
+	return firstOut, outs, errs
+}
+
+// TestConcurrentAppendsCommitTogether: appends that queue while the
+// appending worker is busy commit in one transaction, and each gets its own
+// events back with the positions the table gave them.
+func TestConcurrentAppendsCommitTogether(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.PoolFor(t, pgtest.NewDatabase(t), 4)
+	b := bundle{pool: pool, store: eventstore.New(pool)}
+	ctx := testContext(t)
+	var calls []func() ([]domain.Event, error)
+	var sent [][]domain.Event
+	for range 20 {
+		events := []domain.Event{generated("org-a", domain.NewKeyID(), time.Now())}
+		sent = append(sent, events)
+		calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, 0, events, nil) })
+	}
+	_, outs, errs := queueBehindAStalledAppend(t, b, calls)
+
+	byID := map[string]ledgerRow{}
+	for _, r := range readLedger(t, pool) {
+		byID[r.id] = r
+	}
+	xids := map[uint64]bool{}
+	for i := range calls {
+		require.NoError(t, errs[i])
+		require.Len(t, outs[i], 1)
+		require.Equal(t, sent[i][0].ID, outs[i][0].ID, "append %d got another append's events", i)
+		row, ok := byID[outs[i][0].ID]
+		require.True(t, ok, "append %d: its event is not in the table", i)
+		require.Equal(t, row.position, outs[i][0].Position, "append %d: the position returned is not the table's", i)
+		xids[row.xid] = true
+	}
+	require.Less(t, len(xids), len(calls)/2, "the queued appends did not share transactions: %d transactions for %d appends", len(xids), len(calls))
+	t.Logf("%d appends committed in %d transactions", len(calls), len(xids))
+}
+
+// TestAConflictInAGroupFailsOnlyItsOwnAppend: when one append of a group
+// breaks a stream's version or reuses a live idempotency key, the group's
+// other appends still commit, and each loser gets its own error.
+func TestAConflictInAGroupFailsOnlyItsOwnAppend(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.PoolFor(t, pgtest.NewDatabase(t), 4)
+	b := bundle{pool: pool, store: eventstore.New(pool)}
+	ctx := testContext(t)
+	var calls []func() ([]domain.Event, error)
+	for range 16 {
+		e := generated("org-a", domain.NewKeyID(), time.Now())
+		calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, 0, []domain.Event{e}, nil) })
+	}
+	sameKey := domain.NewKeyID()
+	for range 2 { // two version 1s of one stream
+		e := generated("org-a", sameKey, time.Now())
+		calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, 0, []domain.Event{e}, nil) })
+	}
+	for range 2 { // two keys under one idempotency key
+		e := generated("org-a", domain.NewKeyID(), time.Now())
+		idem := &domain.IdempotencyRecord{OrgID: "org-a", Key: "one-request", RequestHash: "h", KeyID: e.KeyID}
+		calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, 0, []domain.Event{e}, idem) })
+	}
+	_, _, errs := queueBehindAStalledAppend(t, b, calls)
+
+	for i := range 16 {
+		require.NoError(t, errs[i], "append %d, in no conflict, failed", i)
+	}
+	pairOutcome := func(errs []error, want error) {
+		t.Helper()
+		wins := 0
+		for _, err := range errs {
+			if err == nil {
+				wins++
+				continue
+			}
+			require.True(t, errors.Is(err, want), "got %v, want %v", err, want)
+		}
+		require.Equal(t, 1, wins)
+	}
+	pairOutcome(errs[16:18], domain.ErrConflict)
+	pairOutcome(errs[18:20], domain.ErrIdempotencyTaken)
+	require.Equal(t, 1+16+1+1, countEvents(t, pool))
+	require.Equal(t, 1, countIdempotencyKeys(t, pool))
+}
