@@ -89,31 +89,29 @@ func DecodeData(eventType string, raw []byte) (EventData, error) {
 }
 
 // envelope is the JSON shape of an event on every wire: NATS, the HTTP API,
-// exports. Its field names are part of the contract.
-type envelope struct {
-	ID            string          `json:"id"`
-	Type          string          `json:"type"`
-	OrgID         string          `json:"org_id"`
-	KeyID         string          `json:"key_id"`
-	StreamVersion int64           `json:"stream_version"`
-	OccurredAt    string          `json:"occurred_at"`
-	Actor         string          `json:"actor"`
-	Data          json.RawMessage `json:"data"`
-	Position      int64           `json:"position"`
-	Seq           *int64          `json:"seq,omitempty"`
-	Hash          string          `json:"hash,omitempty"`
+// exports. Its field names are part of the contract. Data is the payload
+// itself when writing (one pass of the encoder), and its raw JSON when
+// reading, which DecodeData then reads by type.
+type envelope[D any] struct {
+	ID            string `json:"id"`
+	Type          string `json:"type"`
+	OrgID         string `json:"org_id"`
+	KeyID         string `json:"key_id"`
+	StreamVersion int64  `json:"stream_version"`
+	OccurredAt    string `json:"occurred_at"`
+	Actor         string `json:"actor"`
+	Data          D      `json:"data"`
+	Position      int64  `json:"position"`
+	Seq           *int64 `json:"seq,omitempty"`
+	Hash          string `json:"hash,omitempty"`
 }
 
 // MarshalJSON writes the event in its wire envelope.
 func (e Event) MarshalJSON() ([]byte, error) {
-	data, err := json.Marshal(e.Data)
-	if err != nil {
-		return nil, err
-	}
-	env := envelope{
+	env := envelope[EventData]{
 		ID: e.ID, Type: e.Type, OrgID: e.OrgID, KeyID: e.KeyID,
 		StreamVersion: e.StreamVersion, OccurredAt: FormatTime(e.OccurredAt),
-		Actor: e.Actor, Data: data, Position: e.Position,
+		Actor: e.Actor, Data: e.Data, Position: e.Position,
 	}
 	if e.Seal != nil {
 		seq := e.Seal.Seq
@@ -124,7 +122,7 @@ func (e Event) MarshalJSON() ([]byte, error) {
 
 // UnmarshalJSON reads an event from its wire envelope.
 func (e *Event) UnmarshalJSON(b []byte) error {
-	var env envelope
+	var env envelope[json.RawMessage]
 	if err := json.Unmarshal(b, &env); err != nil {
 		return err
 	}

@@ -153,6 +153,9 @@ func (c *Cache) fill(h domain.KeyHash, k *domain.Key, gen uint64, checkGen bool)
 	return k
 }
 
+// Wants implements notices.Selective: the cache reads revocations only.
+func (c *Cache) Wants(eventType string) bool { return eventType == domain.TypeKeyRevoked }
+
 // Apply implements notices.Sink. A key.revoked notice becomes a tombstone,
 // whether or not the key is cached; key.generated adds nothing (keys are
 // filled on first use); other types are ignored.

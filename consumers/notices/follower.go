@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,14 @@ type Sink interface {
 	// was purged past it, or recreated): whatever the sink learned from
 	// notices may now be stale.
 	Gap()
+}
+
+// Selective is a Sink that reads only some types of event. A follower
+// neither decodes nor applies a notice whose type (from its subject) the
+// sink does not want; it still counts it in the stream's sequence, so a gap
+// is found all the same.
+type Selective interface {
+	Wants(eventType string) bool
 }
 
 // Follower applies a stream's notices in order to a Sink, and knows whether
@@ -118,7 +127,8 @@ func (f *Follower) Applied() uint64 {
 	return f.applied
 }
 
-// AppliedCount is how many notices were applied since Run started.
+// AppliedCount is how many notices the follower has gone past since Run
+// started, whether its sink read them or not.
 func (f *Follower) AppliedCount() uint64 { return f.appliedCnt.Load() }
 
 // Run follows the stream until ctx ends. It returns an error only when it
@@ -252,22 +262,47 @@ func (f *Follower) handle(m jetstream.Msg) {
 		f.gaps.Add(1)
 		f.sink.Gap()
 	}
+	if !f.wants(m.Subject()) {
+		f.pass(seq)
+		return
+	}
 	e, err := Decode(m.Data())
 	if err != nil {
 		// A type this build does not know: skipped, and said.
 		f.log.Warn("notices: cannot read a notice; skipped", "seq", seq, "subject", m.Subject(), "err", err)
 	} else {
 		f.sink.Apply(e)
-		f.appliedCnt.Add(1)
 		if f.delay != nil {
 			f.delay.Observe(f.now().Sub(e.OccurredAt).Seconds())
 		}
 	}
+	f.pass(seq)
+}
+
+// pass moves the follower past the notice at seq, applied or not; f.mu is
+// held.
+func (f *Follower) pass(seq uint64) {
+	f.appliedCnt.Add(1)
 	f.applied = seq
 	for len(f.heard) > 0 && f.applied >= f.heard[0].seq {
 		f.markCurrent(f.heard[0].at)
 		f.heard = f.heard[1:]
 	}
+}
+
+// wants tells whether the sink reads the notice published on subject: the
+// event type is what follows the prefix and the organization.
+func (f *Follower) wants(subject string) bool {
+	s, ok := f.sink.(Selective)
+	if !ok {
+		return true
+	}
+	rest, ok := strings.CutPrefix(subject, f.cfg.Prefix+".")
+	if !ok {
+		return true
+	}
+	_, eventType, ok := strings.Cut(rest, ".")
+	return !ok || s.Wants(eventType)
 }
 
 // heard is a heartbeat waiting for the follower to reach its sequence.

@@ -10,13 +10,13 @@ import (
 // operator watches, whether the follower feeds a gateway or the service.
 func (f *Follower) registerMetrics(reg prometheus.Registerer) error {
 	delay := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keyledger_notices_delay_seconds",
-		Help:    "Time from an event's commit (its occurred_at) to its notice being applied.",
+		Help:    "Time from an event's commit (its occurred_at) to its notice being applied, for the notices the follower's sink reads (the key caches read revocations).",
 		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}})
 	f.delay = delay
 	for _, c := range []prometheus.Collector{
 		delay,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_notices_applied_total",
-			Help: "Notices applied since the follower started."},
+			Help: "Notices the follower has gone past since it started, whether its sink read them or not."},
 			func() float64 { return float64(f.AppliedCount()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_notices_gaps_total",
 			Help: "Times notices were found missing from the stream (purged past the follower); cached positives were dropped."},

@@ -142,8 +142,10 @@ type Heartbeat struct {
 // Lag returns LagSeconds as a duration.
 func (h Heartbeat) Lag() time.Duration { return time.Duration(h.LagSeconds * float64(time.Second)) }
 
-// Encode returns a notice's message body: the event's JSON envelope.
-func Encode(e domain.Event) ([]byte, error) { return json.Marshal(e) }
+// Encode returns a notice's message body: the event's JSON envelope. It
+// calls MarshalJSON itself: json.Marshal would compact its (already
+// compact) output once more.
+func Encode(e domain.Event) ([]byte, error) { return e.MarshalJSON() }
 
 // Decode reads a notice's message body.
 func Decode(body []byte) (domain.Event, error) {

@@ -341,3 +341,39 @@ func ids(events []domain.Event) []string {
 	}
 	return out
 }
+
+// revocationsOnly is a sink that reads revocations only, as the key caches
+// do.
+type revocationsOnly struct{ sink }
+
+func (*revocationsOnly) Wants(eventType string) bool { return eventType == domain.TypeKeyRevoked }
+
+// TestFollowerSkipsTheNoticesASelectiveSinkDoesNotWant: the sink sees only
+// the types it wants, while the follower still goes past every sequence:
+// it becomes current on a heartbeat for an unwanted notice's sequence, and
+// it still finds a gap.
+func TestFollowerSkipsTheNoticesASelectiveSinkDoesNotWant(t *testing.T) {
+	t.Parallel()
+	nc, js, stream, cfg := natsSetup(t)
+	s := &revocationsOnly{}
+	f := startFollower(t, cfg, s, nil)
+	revoked := event("org", 2)
+	revoked.Type, revoked.Data = domain.TypeKeyRevoked, domain.KeyRevoked{KeyID: "k", KeyHash: "h", Reason: "r"}
+	publish(t, js, cfg, event("org", 1))
+	publish(t, js, cfg, revoked)
+	publish(t, js, cfg, event("org", 1))
+	waitFor(t, "seq 3 gone past", func() bool { return f.Applied() == 3 })
+	sendHeartbeat(t, nc, cfg, notices.Heartbeat{StreamSeq: 3})
+	waitFor(t, "current after a heartbeat for an unwanted notice's sequence", func() bool { return f.CurrentWithin(time.Minute) })
+	require.Equal(t, uint64(3), f.AppliedCount())
+	applied, gaps := s.snapshot()
+	require.Equal(t, []string{revoked.ID}, ids(applied))
+	require.Zero(t, gaps)
+
+	// A gap under unwanted notices is still a gap.
+	require.NoError(t, stream.Purge(context.Background(), jetstream.WithPurgeSequence(10)))
+	require.Equal(t, uint64(10), publish(t, js, cfg, event("org", 1)))
+	waitFor(t, "seq 10 gone past", func() bool { return f.Applied() == 10 })
+	_, gaps = s.snapshot()
+	require.Equal(t, 1, gaps)
+}

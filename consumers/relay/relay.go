@@ -22,8 +22,8 @@
 // would make a network call inside a database transaction, which DESIGN
 // section 9 rules out. And it wakes only by polling (watermill #126), where
 // the relay must wake on commit. The Subscriber here reads with
-// eventstore.Tail, holds no transaction between reads, and checkpoints after
-// each batch is published.
+// eventstore.Tail, holds no transaction between reads, and checkpoints what
+// it has published when it catches up, and every 200 ms under load.
 package relay
 
 import (

@@ -15,6 +15,10 @@ import (
 // behindLimit caps the count of events a lag check makes.
 const behindLimit = 100_000
 
+// checkpointEvery is how often, at most, the relay saves its checkpoint
+// while commits keep coming.
+const checkpointEvery = 200 * time.Millisecond
+
 // horizonRetry is how soon the relay reads again when committed events are
 // held above the xid8 horizon; it doubles while the horizon stays held, up
 // to the poll interval. A revocation held there waits that long to be
@@ -26,7 +30,8 @@ const horizonRetry = time.Millisecond
 // cursor, in ledger order. It hands the router one message at a time and
 // sends the next only when that one is acknowledged, so publications keep
 // ledger order; a nacked message is sent again, never skipped. It
-// checkpoints after each batch, and between batches measures the lag and
+// checkpoints when caught up and every checkpointEvery under load, and
+// between batches measures the lag and
 // sends the heartbeat; also while a publication waits (NATS is down), so
 // that the lag gauges show the outage.
 type ledgerSubscriber struct {
@@ -55,6 +60,24 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 	beat := time.NewTicker(r.cfg.Heartbeat)
 	defer beat.Stop()
 	cursor := s.from
+	saved, lastSave := cursor, time.Time{}
+	save := func(ctx context.Context) {
+		if saved == cursor {
+			return
+		}
+		if err := r.saveCheckpoint(ctx, cursor); err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("relay: checkpoint not saved; it will be with a later batch", "err", err)
+			}
+			return
+		}
+		saved, lastSave = cursor, time.Now()
+	}
+	defer func() { // where the relay stopped, for its successor
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		save(sctx)
+	}()
 	for ctx.Err() == nil {
 		events, next, err := r.store.Tail(ctx, cursor, r.cfg.Batch)
 		if err != nil {
@@ -72,9 +95,13 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 			cursor = next
 			r.metrics.published.Add(float64(len(events)))
 			r.metrics.position.Set(float64(cursor.Position))
-			if err := r.saveCheckpoint(ctx, cursor); err != nil && ctx.Err() == nil {
-				r.log.Warn("relay: checkpoint not saved; it will be with the next batch", "err", err)
-			}
+		}
+		// The checkpoint is saved when the relay has caught up, and under a
+		// steady stream of commits every checkpointEvery: a relay that
+		// stops without saving publishes those events again, and JetStream
+		// drops them as duplicates of their Nats-Msg-Id.
+		if len(events) == 0 || time.Since(lastSave) >= checkpointEvery {
+			save(ctx)
 		}
 		if time.Since(s.lastCheck) >= r.cfg.Heartbeat {
 			s.checkLag(ctx, cursor)
@@ -86,15 +113,15 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 		// horizon, which a transaction still open anywhere on the server
 		// holds back; nothing may wake the relay when that one ends, so look
 		// again soon rather than at the next poll, backing off while the
-		// horizon stays held.
+		// horizon stays held. After a read that found events, look again
+		// soon without asking: under load some usually are.
 		var held <-chan time.Time
-		switch n, _, err := r.store.Behind(ctx, cursor, 1); {
-		case err != nil || n == 0:
-			s.held = 0
-		case len(events) > 0:
+		if len(events) > 0 {
 			s.held = 0
 			held = time.After(horizonRetry)
-		default:
+		} else if n, _, err := r.store.Behind(ctx, cursor, 1); err != nil || n == 0 {
+			s.held = 0
+		} else {
 			held = time.After(min(horizonRetry<<min(s.held, 10), r.cfg.Poll))
 			s.held++
 		}
