@@ -11,4 +11,8 @@
 //
 // Projections that read-your-writes depends on are passed to New as inline
 // projectors and run inside the appending transaction.
+//
+// Concurrent appends commit together, in one transaction per group (see
+// Store.Append and package internal/coalesce): one commit serves many
+// commands under load, and a conflict fails only its own append.
 package eventstore

@@ -27,17 +27,23 @@ func Unavailable(err error) error {
 	if err == nil {
 		return nil
 	}
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) { // no connection, whatever the server said (a bad login, a missing database)
+		return wrapUnavailable(err)
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
+		if pgErr.Severity == "FATAL" || pgErr.Severity == "PANIC" { // the server ended the session
+			return wrapUnavailable(err)
+		}
 		switch pgErr.Code[:2] {
 		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
 			return wrapUnavailable(err)
 		}
 		return err
 	}
-	var connErr *pgconn.ConnectError
 	var netErr net.Error
-	if errors.As(err, &connErr) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
+	if errors.As(err, &netErr) || pgconn.Timeout(err) ||
 		errors.Is(err, context.DeadlineExceeded) || pgconn.SafeToRetry(err) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		return wrapUnavailable(err)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keyledger/keyledger/domain"
@@ -47,7 +48,9 @@ func queueBehindAStalledAppend(t *testing.T, b bundle, calls []func() ([]domain.
 
 // TestConcurrentAppendsCommitTogether: appends that queue while the
 // appending worker is busy commit in one transaction, and each gets its own
-// events back with the positions the table gave them.
+// events back, in version order, with the positions the table gave them:
+// new keys, new keys with two events, and revocations of existing keys
+// (expected version 1).
 func TestConcurrentAppendsCommitTogether(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.PoolFor(t, pgtest.NewDatabase(t), 4)
@@ -55,10 +58,21 @@ func TestConcurrentAppendsCommitTogether(t *testing.T) {
 	ctx := testContext(t)
 	var calls []func() ([]domain.Event, error)
 	var sent [][]domain.Event
-	for range 20 {
-		events := []domain.Event{generated("org-a", domain.NewKeyID(), time.Now())}
+	add := func(expected int64, events ...domain.Event) {
 		sent = append(sent, events)
-		calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, 0, events, nil) })
+		calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, expected, events, nil) })
+	}
+	now := time.Now()
+	for range 10 {
+		add(0, generated("org-a", domain.NewKeyID(), now))
+	}
+	for range 5 {
+		id := domain.NewKeyID()
+		add(0, generated("org-b", id, now), revoked("org-b", id, 2, now))
+	}
+	for range 5 {
+		existing := appendKey(t, b.store, "org-c")
+		add(1, revoked("org-c", existing.KeyID, 2, now))
 	}
 	_, outs, errs := queueBehindAStalledAppend(t, b, calls)
 
@@ -69,12 +83,18 @@ func TestConcurrentAppendsCommitTogether(t *testing.T) {
 	xids := map[uint64]bool{}
 	for i := range calls {
 		require.NoError(t, errs[i])
-		require.Len(t, outs[i], 1)
-		require.Equal(t, sent[i][0].ID, outs[i][0].ID, "append %d got another append's events", i)
-		row, ok := byID[outs[i][0].ID]
-		require.True(t, ok, "append %d: its event is not in the table", i)
-		require.Equal(t, row.position, outs[i][0].Position, "append %d: the position returned is not the table's", i)
-		xids[row.xid] = true
+		require.Len(t, outs[i], len(sent[i]))
+		for j, e := range outs[i] {
+			require.Equal(t, sent[i][j].ID, e.ID, "append %d got another append's events", i)
+			row, ok := byID[e.ID]
+			require.True(t, ok, "append %d: its event is not in the table", i)
+			require.Equal(t, row.position, e.Position, "append %d: the position returned is not the table's", i)
+			require.Equal(t, row.version, e.StreamVersion)
+			if j > 0 {
+				require.Greater(t, e.Position, outs[i][j-1].Position, "append %d: its events out of version order", i)
+			}
+			xids[row.xid] = true
+		}
 	}
 	require.Less(t, len(xids), len(calls)/2, "the queued appends did not share transactions: %d transactions for %d appends", len(xids), len(calls))
 	t.Logf("%d appends committed in %d transactions", len(calls), len(xids))
@@ -103,8 +123,12 @@ func TestAConflictInAGroupFailsOnlyItsOwnAppend(t *testing.T) {
 		idem := &domain.IdempotencyRecord{OrgID: "org-a", Key: "one-request", RequestHash: "h", KeyID: e.KeyID}
 		calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, 0, []domain.Event{e}, idem) })
 	}
+	reg := prometheus.NewRegistry()
+	require.NoError(t, b.store.Register(reg))
 	_, _, errs := queueBehindAStalledAppend(t, b, calls)
 
+	require.GreaterOrEqual(t, counterValue(t, reg, "keyledger_append_groups_split_total"), 1.0,
+		"no group was split: the conflicting appends were not in one group")
 	for i := range 16 {
 		require.NoError(t, errs[i], "append %d, in no conflict, failed", i)
 	}
@@ -124,4 +148,18 @@ func TestAConflictInAGroupFailsOnlyItsOwnAppend(t *testing.T) {
 	pairOutcome(errs[18:20], domain.ErrIdempotencyTaken)
 	require.Equal(t, 1+16+1+1, countEvents(t, pool))
 	require.Equal(t, 1, countIdempotencyKeys(t, pool))
+}
+
+// counterValue reads a counter from reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("%s not registered", name)
+	return 0
 }

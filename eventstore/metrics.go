@@ -2,7 +2,7 @@ package eventstore
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// appendGroups is the size of each appending transaction, in appends: 1
+// newAppendGroups is the size of each appending transaction, in appends: 1
 // when appends come one at a time, more as concurrent commands share a
 // commit (see Store.Append).
 func newAppendGroups() prometheus.Histogram {
@@ -13,7 +13,21 @@ func newAppendGroups() prometheus.Histogram {
 	})
 }
 
+// newGroupsSplit counts the groups of appends that failed and were tried
+// again one append at a time, so that only the one at fault failed.
+func newGroupsSplit() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keyledger_append_groups_split_total",
+		Help: "Groups of appends that failed (a conflict, a bad value) and were tried again one append at a time.",
+	})
+}
+
 // Register adds the store's metrics to reg.
 func (s *Store) Register(reg prometheus.Registerer) error {
-	return reg.Register(s.appendGroups)
+	for _, c := range []prometheus.Collector{s.appendGroups, s.groupsSplit} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

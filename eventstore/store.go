@@ -32,8 +32,10 @@ type Store struct {
 	inline  []Projector
 	commits *commits
 	appends *coalesce.Group[appendRequest, []domain.Event]
-	// appendGroups observes the appends of each committed transaction.
+	// appendGroups observes the appends of each committed transaction;
+	// groupsSplit counts the groups tried again one append at a time.
 	appendGroups prometheus.Histogram
+	groupsSplit  prometheus.Counter
 }
 
 var _ domain.EventStore = (*Store)(nil)
@@ -41,7 +43,8 @@ var _ domain.EventStore = (*Store)(nil)
 // New returns a store on pool. The inline projectors run inside every
 // appending transaction.
 func New(pool *pgxpool.Pool, inline ...Projector) *Store {
-	s := &Store{pool: pool, inline: inline, commits: newCommits(), appendGroups: newAppendGroups()}
+	s := &Store{pool: pool, inline: inline, commits: newCommits(),
+		appendGroups: newAppendGroups(), groupsSplit: newGroupsSplit()}
 	s.appends = coalesce.New(appendWorkers(pool), maxAppendBatch, s.appendBatch)
 	return s
 }
@@ -129,14 +132,17 @@ func (s *Store) Append(ctx context.Context, expected int64, events []domain.Even
 // callers have gone (see package coalesce).
 //
 // A new stream (expected 0) needs no version check: the primary key on
-// (key_id, stream_version) refuses a second version 1. If a statement fails,
-// nothing of the group is committed, and when the group had more than one
-// append each is tried again alone, so that only the one in conflict fails,
-// with its own error.
+// (key_id, stream_version) refuses a second version 1. If the group fails
+// for any reason but Postgres being out of reach, nothing of it is
+// committed, and when it had more than one append each is tried again alone,
+// so that only the one in conflict (or with a bad value) fails, with its own
+// error. That costs a round trip or two per append of the group: conflicts
+// are rare (racing revocations of one key, a retried Idempotency-Key).
 func (s *Store) appendBatch(ctx context.Context, reqs []appendRequest) []coalesce.Result[[]domain.Event] {
 	results := make([]coalesce.Result[[]domain.Event], len(reqs))
 	out, err := s.commitAppends(ctx, reqs)
-	if err != nil && len(reqs) > 1 && refusedStatement(err) {
+	if err != nil && len(reqs) > 1 && !unavailable(err) {
+		s.groupsSplit.Inc()
 		for i := range reqs {
 			results[i] = s.appendBatch(ctx, reqs[i:i+1])[0]
 		}
@@ -186,12 +192,11 @@ func (s *Store) commitAppends(ctx context.Context, reqs []appendRequest) ([][]do
 	return out, nil
 }
 
-// refusedStatement tells whether Postgres refused one of a transaction's
-// statements (a conflict, a bad value), as opposed to being out of reach.
-func refusedStatement(err error) bool {
-	var pgErr *pgconn.PgError
-	var unavailable unavailableError
-	return errors.As(err, &pgErr) && !errors.As(Unavailable(err), &unavailable)
+// unavailable tells whether err means Postgres could not be reached, as
+// opposed to refusing one append of a group (a conflict, a bad value).
+func unavailable(err error) bool {
+	var u unavailableError
+	return errors.As(Unavailable(err), &u)
 }
 
 // sendAndCommit sends a batch that begins a transaction, then commits it, or

@@ -3,11 +3,13 @@ package eventstore_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keyledger/keyledger/domain"
@@ -175,4 +177,16 @@ func TestUnavailableLeavesOtherErrorsAlone(t *testing.T) {
 	require.Error(t, err)
 	require.Equal(t, domain.EInternal, domain.ErrorCode(eventstore.Unavailable(err)))
 	require.False(t, strings.Contains(domain.ErrorMessage(eventstore.Unavailable(err)), "no_such_table"))
+
+	// A server that ends the session (FATAL), or refuses to open one (a
+	// missing database: a connect error carrying the server's error), is
+	// out of reach, whatever its error code.
+	fatal := &pgconn.PgError{Severity: "FATAL", Code: "25P03", Message: "terminating connection due to idle-in-transaction timeout"}
+	require.Equal(t, domain.EUnavailable, domain.ErrorCode(eventstore.Unavailable(fatal)))
+	u, err := url.Parse(pgtest.NewDatabase(t))
+	require.NoError(t, err)
+	u.Path = "/no_such_database_" + strings.ToLower(domain.NewKeyID()[:8])
+	_, err = pgx.Connect(context.Background(), u.String())
+	require.Error(t, err)
+	require.Equal(t, domain.EUnavailable, domain.ErrorCode(eventstore.Unavailable(err)), "%v", err)
 }

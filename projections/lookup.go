@@ -37,8 +37,9 @@ type lookupBatcher struct {
 	group *coalesce.Group[domain.KeyHash, *domain.Key]
 }
 
-// newLookupBatcher starts half the pool's connections' worth of workers (at
-// least one), so that lookups never starve the command path of connections.
+// newLookupBatcher runs up to half the pool's connections' worth of lookup
+// queries at a time (at least one), so that lookups never starve the command
+// path of connections.
 func newLookupBatcher(pool *pgxpool.Pool) *lookupBatcher {
 	b := &lookupBatcher{pool: pool}
 	b.group = coalesce.New(int(pool.Config().MaxConns)/2, maxLookupBatch, b.run)

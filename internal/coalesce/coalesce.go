@@ -19,6 +19,8 @@ package coalesce
 
 import (
 	"context"
+	"fmt"
+	"runtime/debug"
 	"sync/atomic"
 )
 
@@ -58,15 +60,19 @@ func New[Req, Res any](workers, maxBatch int, run Func[Req, Res]) *Group[Req, Re
 }
 
 // Do runs req in a batch. If ctx ends before a worker takes it, Do returns
-// ctx's error and req is not run.
+// ctx's error and req is not run. A panic in the batch function is every
+// call's error.
 func (g *Group[Req, Res]) Do(ctx context.Context, req Req) (Res, error) {
+	var zero Res
+	if err := ctx.Err(); err != nil { // select would pick at random among ready cases
+		return zero, err
+	}
 	c := &call[Req, Res]{ctx: ctx, req: req, reply: make(chan Result[Res], 1)}
 	select {
 	case g.calls <- c:
 	case g.slots <- struct{}{}:
 		go g.work(c)
 	case <-ctx.Done():
-		var zero Res
 		return zero, ctx.Err()
 	}
 	r := <-c.reply
@@ -130,9 +136,29 @@ func (g *Group[Req, Res]) runBatch(batch []*call[Req, Res], reqs []Req) []Result
 			stop()
 		}
 	}()
-	results := g.run(ctx, reqs)
+	return g.runSafely(ctx, reqs)
+}
+
+// runSafely runs the batch function, turning a panic (or a wrong count of
+// results) into an error for every call of the batch: it runs in a worker,
+// where a panic would end the process rather than one request.
+func (g *Group[Req, Res]) runSafely(ctx context.Context, reqs []Req) (results []Result[Res]) {
+	defer func() {
+		if p := recover(); p != nil {
+			results = failAll[Res](len(reqs), fmt.Errorf("coalesce: batch function panicked: %v\n%s", p, debug.Stack()))
+		}
+	}()
+	results = g.run(ctx, reqs)
 	if len(results) != len(reqs) {
-		panic("coalesce: the batch function returned a result count unlike its request count")
+		return failAll[Res](len(reqs), fmt.Errorf("coalesce: the batch function returned %d results for %d calls", len(results), len(reqs)))
 	}
 	return results
+}
+
+func failAll[Res any](n int, err error) []Result[Res] {
+	out := make([]Result[Res], n)
+	for i := range out {
+		out[i].Err = err
+	}
+	return out
 }
