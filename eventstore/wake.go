@@ -51,18 +51,35 @@ func poke(ch chan struct{}) {
 // RunNotifier sends the NOTIFYs that announce this process's appends to
 // other processes, until ctx ends. Without it, only readers in this process
 // wake on commit.
+//
+// Under a steady stream of commits it sends one NOTIFY per notifyEvery at
+// most: each wakes every listening backend, and at a few hundred commits a
+// second they cost Postgres more CPU than the relay's reads (the generate
+// benchmark ran 7 to 10% faster without them). A commit after a quiet spell
+// is announced at once.
 func (s *Store) RunNotifier(ctx context.Context, log *slog.Logger) {
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.commits.pending:
 		}
+		if wait := notifyEvery - time.Since(last); wait > 0 {
+			if sleep(ctx, wait); ctx.Err() != nil {
+				return
+			}
+		}
+		last = time.Now()
 		if _, err := s.pool.Exec(ctx, `SELECT pg_notify($1, '')`, CommitChannel); err != nil && ctx.Err() == nil {
 			log.Warn("cannot announce committed events", "err", err)
 		}
 	}
 }
+
+// notifyEvery is the least time between two NOTIFYs of one process: what a
+// reader in another process may wait, at most, beyond the commit.
+const notifyEvery = 2 * time.Millisecond
 
 // Wakeups returns a channel that receives soon after events commit: at once
 // for appends made through this store, and through LISTEN on a dedicated
