@@ -134,15 +134,16 @@ func (s *Store) Append(ctx context.Context, expected int64, events []domain.Even
 //
 // A new stream (expected 0) needs no version check: the primary key on
 // (key_id, stream_version) refuses a second version 1. If the group fails
-// for any reason but Postgres being out of reach, nothing of it is
-// committed, and when it had more than one append each is tried again alone,
+// for any reason but Postgres being out of reach (or all of its callers
+// gone), nothing of it is committed, and when it had more than one append
+// each is tried again alone,
 // so that only the one in conflict (or with a bad value) fails, with its own
 // error. That costs a round trip or two per append of the group: conflicts
 // are rare (racing revocations of one key, a retried Idempotency-Key).
 func (s *Store) appendBatch(ctx context.Context, reqs []appendRequest) []coalesce.Result[[]domain.Event] {
 	results := make([]coalesce.Result[[]domain.Event], len(reqs))
 	out, err := s.commitAppends(ctx, reqs)
-	if err != nil && len(reqs) > 1 && !unavailable(err) {
+	if err != nil && len(reqs) > 1 && !unavailable(err) && ctx.Err() == nil {
 		s.groupsSplit.Inc()
 		for i := range reqs {
 			results[i] = s.appendBatch(ctx, reqs[i:i+1])[0]
