@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -93,6 +94,13 @@ func runScenario(t *testing.T, args ...string) (int, map[string]any) {
 	t.Helper()
 	name := fmt.Sprintf("keyledger_benchtest_%d", rand.Uint32())
 	args = append(args, "--database-url", pgtest.URL(), "--bench-database", name)
+	t.Cleanup(func() { // the list data set is kept between runs; a test keeps nothing
+		for _, db := range []string{name, name + "_scratch"} {
+			u, _, err := benchDatabaseURL(pgtest.URL(), db)
+			require.NoError(t, err)
+			require.NoError(t, dropDatabase(context.Background(), u))
+		}
+	})
 	var stdout, stderr bytes.Buffer
 	code := run(t.Context(), args, func(string) string { return "" }, &stdout, &stderr)
 	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
@@ -105,6 +113,45 @@ func runScenario(t *testing.T, args ...string) (int, map[string]any) {
 	}
 	require.Equal(t, code == 0, line["ok"], "the exit status follows the verdict")
 	return code, line
+}
+
+// The issue 2 scenarios, each at a tiny size: they check that the scenario
+// runs and reports, not its target.
+
+func TestGenerateReportsKeysPerSecondBesideRawInserts(t *testing.T) {
+	t.Parallel()
+	_, line := runScenario(t, "generate", "--nats-url", gatewaytest.NATSURL(), "--generate-clients", "4", "--raw-conns", "4",
+		"--duration", "1s", "--rounds", "1", "--warmup", "0")
+	require.Equal(t, "generate", line["scenario"])
+	require.Equal(t, 0.5, line["target"])
+	require.Positive(t, line["value"])
+	require.Positive(t, line["baseline"])
+	require.Zero(t, line["errors"])
+	require.GreaterOrEqual(t, line["keys_per_transaction"].(float64), 1.0)
+}
+
+func TestVerifyReportsRequestsPerSecondAndP99(t *testing.T) {
+	t.Parallel()
+	_, line := runScenario(t, "verify", "--nats-url", gatewaytest.NATSURL(), "--verify-keys", "300", "--verify-clients", "4",
+		"--duration", "1s", "--rounds", "1", "--warmup", "0")
+	require.Equal(t, "verify", line["scenario"])
+	require.Equal(t, 5.0, line["target_p99_ms"])
+	require.Positive(t, line["value"])
+	require.Positive(t, line["p99_ms"])
+	require.Zero(t, line["errors"])
+	require.Equal(t, 300.0, line["cached_keys"])
+}
+
+// TestListRunsWithoutNATS: list runs the service without NATS (it once
+// failed at start for want of a NATS server it does not use).
+func TestListRunsWithoutNATS(t *testing.T) {
+	t.Parallel()
+	_, line := runScenario(t, "list", "--list-org-keys", "300", "--list-total-keys", "1000", "--list-clients", "2",
+		"--duration", "1s", "--rounds", "1", "--warmup", "0")
+	require.Equal(t, "list", line["scenario"])
+	require.Equal(t, "ms (p99)", line["unit"])
+	require.Positive(t, line["value"])
+	require.Zero(t, line["errors"])
 }
 
 // TestPropagationReportsRevocationLatencyBesideTheNATSFloor runs the

@@ -33,41 +33,46 @@ type instance struct {
 	once  sync.Once
 }
 
-// startService opens a pool of --pool-conns connections on db and a NATS
-// connection of its own, serves the API on 127.0.0.1:0 and runs the
-// service's background work (relay, notices follower) until close.
+// startService opens a pool of --pool-conns connections on db and, when the
+// run has NATS (every scenario that needs it, see needsNATS), a NATS
+// connection of its own; it serves the API on 127.0.0.1:0 and runs the
+// service's background work (relay, notices follower) until close. Without
+// NATS (list), the service answers from Postgres alone.
 func (b *bench) startService(ctx context.Context, db *database) (*instance, error) {
 	pool, err := newPool(ctx, db.url, int32(b.cfg.poolConns))
 	if err != nil {
 		return nil, err
 	}
-	nc, err := notices.Connect(b.nats.url, "keyledger-bench-service", slog.New(slog.NewTextHandler(b.progress, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		pool.Close()
-		return nil, err
+	var nc *nats.Conn
+	var cfg notices.Config
+	if b.nats != nil {
+		nc, err = notices.Connect(b.nats.url, "keyledger-bench-service", slog.New(slog.NewTextHandler(b.progress, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		if err != nil {
+			pool.Close()
+			return nil, err
+		}
+		cfg = b.nats.notices
 	}
 	token := service.NewAdminToken()
 	// As serve.go, with a JSON logger at info level writing to io.Discard, so
 	// that each request still pays for its log line.
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: domain.DefaultKeyPrefix, Logger: log,
-		NATS: nc, Notices: b.nats.notices})
+	s := &instance{Token: token, pool: pool, nc: nc, done: make(chan struct{})}
+	s.svc, err = service.New(pool, service.Options{AdminToken: token, KeyPrefix: domain.DefaultKeyPrefix, Logger: log,
+		NATS: nc, Notices: cfg})
+	if err == nil {
+		s.srv, err = serve(s.svc.Handler)
+	}
 	if err != nil {
-		nc.Close()
-		pool.Close()
+		s.closeConns()
 		return nil, err
 	}
-	srv, err := serve(svc.Handler)
-	if err != nil {
-		nc.Close()
-		pool.Close()
-		return nil, err
-	}
+	s.URL = s.srv.URL
 	runCtx, stop := context.WithCancel(context.Background())
-	s := &instance{URL: srv.URL, Token: token, svc: svc, pool: pool, nc: nc, srv: srv, stop: stop, done: make(chan struct{})}
+	s.stop = stop
 	go func() {
 		defer close(s.done)
-		svc.Run(runCtx)
+		s.svc.Run(runCtx)
 	}()
 	return s, nil
 }
@@ -90,9 +95,16 @@ func (s *instance) close() {
 		s.srv.close()
 		s.stop()
 		<-s.done
-		s.nc.Close()
-		s.pool.Close()
+		s.closeConns()
 	})
+}
+
+// closeConns closes the NATS connection, if any, and the pool.
+func (s *instance) closeConns() {
+	if s.nc != nil {
+		s.nc.Close()
+	}
+	s.pool.Close()
 }
 
 // server is an http.Server on a loopback port of its own.
