@@ -23,7 +23,7 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	names := []string{"Production-API", "prod_worker", "staging-1", "100%_off", "100x_off", `back\slash`,
-		"deploy-42", "ci-bot", "PRODUCTION", "terraform", "x-42-y", "snake_case"}
+		"deploy-42", "ci-bot", "PRODUCTION", "terraform", "x-42-y", "snake_case", "Ünïcode-Clé"}
 	for i := 0; i < 48; i++ {
 		for _, org := range []string{"acme", "globex"} { // globex holds the same names: never listed
 			cmd := domain.GenerateKey{OrgID: org, Name: names[(i*7)%len(names)], Actor: "tester"}
@@ -89,4 +89,29 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 			}
 		}
 	}
+
+	// Beyond ASCII, the walk (lower(name) LIKE lower(pattern)) and the
+	// lookup (name ILIKE pattern) agree: compared with each other, not with
+	// Go's case folding, which need not be the database's.
+	pages := func(walk int, search string) []*domain.Key {
+		views := projections.NewViews(b.pool)
+		projections.SetListWalk(views, walk)
+		var got []*domain.Key
+		q := domain.KeyQuery{OrgID: "acme", Search: search, Limit: 3, Now: now}
+		for {
+			page, err := views.ListKeys(ctx, q)
+			require.NoError(t, err)
+			got = append(got, page.Keys...)
+			if page.NextCursor == "" {
+				return got
+			}
+			q.Cursor = page.NextCursor
+		}
+	}
+	for _, search := range []string{"ÜNÏ", "clé", "É", "Ünïcode-Clé", "code-cl"} {
+		walked := pages(0, search)
+		require.Equal(t, pages(1, search), walked, "q=%q", search)
+		t.Logf("q=%q: %d keys", search, len(walked))
+	}
+	require.NotEmpty(t, pages(0, "code-cl"))
 }
