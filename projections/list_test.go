@@ -114,4 +114,9 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 		t.Logf("q=%q: %d keys", search, len(walked))
 	}
 	require.NotEmpty(t, pages(0, "code-cl"))
+	var lowersBeyondASCII bool
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT lower('Ü') = 'ü'`).Scan(&lowersBeyondASCII))
+	if lowersBeyondASCII { // a database whose locale lowers Ü (C.UTF-8 does; C does not)
+		require.NotEmpty(t, pages(0, "ÜNÏ"), "the walk did not fold the case of Ü and Ï")
+	}
 }

@@ -32,8 +32,10 @@ type benchNATS struct {
 	notices    notices.Config
 }
 
-// needsNATS says whether a scenario runs the service, which runs with NATS
-// as it is served.
+// needsNATS says whether a scenario runs the service with NATS, as it is
+// served (relay, notices follower, cached verification). list runs the
+// service on Postgres alone; seal's lag measurement runs it with the sealer
+// and without NATS.
 func needsNATS(scenario string) bool {
 	return !slices.Contains([]string{"list", "seal", "audit-verify"}, scenario)
 }

@@ -33,19 +33,20 @@ type instance struct {
 	once  sync.Once
 }
 
-// startService opens a pool of --pool-conns connections on db and, when the
-// run has NATS (every scenario that needs it, see needsNATS), a NATS
-// connection of its own; it serves the API on 127.0.0.1:0 and runs the
-// service's background work (relay, notices follower) until close. Without
-// NATS (list), the service answers from Postgres alone.
-func (b *bench) startService(ctx context.Context, db *database) (*instance, error) {
+// startService opens a pool of --pool-conns connections on db, serves the
+// API on 127.0.0.1:0 and runs the service's background work until close.
+// With withNATS (every scenario that needsNATS), it connects to the run's
+// NATS, so that it runs the relay and its notices follower as served;
+// without (list), the service answers from Postgres alone, and no relay
+// publishes the data set's events into the run's stream.
+func (b *bench) startService(ctx context.Context, db *database, withNATS bool) (*instance, error) {
 	pool, err := newPool(ctx, db.url, int32(b.cfg.poolConns))
 	if err != nil {
 		return nil, err
 	}
 	var nc *nats.Conn
 	var cfg notices.Config
-	if b.nats != nil {
+	if withNATS {
 		nc, err = notices.Connect(b.nats.url, "keyledger-bench-service", slog.New(slog.NewTextHandler(b.progress, &slog.HandlerOptions{Level: slog.LevelWarn})))
 		if err != nil {
 			pool.Close()

@@ -185,7 +185,8 @@ func (c *Client) Current() bool { return c.follower.CurrentWithin(c.cfg.StaleAft
 // if never).
 func (c *Client) Staleness() time.Duration { return c.follower.Staleness() }
 
-// AppliedCount is how many notices were applied since Run started.
+// AppliedCount is how many notices the client's follower has gone past
+// since Run started (its cache reads the revocations among them).
 func (c *Client) AppliedCount() uint64 { return c.follower.AppliedCount() }
 
 // Cache is the client's cache, for inspection.

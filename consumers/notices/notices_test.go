@@ -370,6 +370,16 @@ func TestFollowerSkipsTheNoticesASelectiveSinkDoesNotWant(t *testing.T) {
 	require.Equal(t, []string{revoked.ID}, ids(applied))
 	require.Zero(t, gaps)
 
+	// An organization id with a dot (only an import could store one) makes
+	// the subject ambiguous: the notice is decoded, and the revocation
+	// still reaches the sink.
+	dotted := event("a.b", 2)
+	dotted.Type, dotted.Data = domain.TypeKeyRevoked, domain.KeyRevoked{KeyID: "k", KeyHash: "h", Reason: "r"}
+	publish(t, js, cfg, dotted)
+	waitFor(t, "seq 4 gone past", func() bool { return f.Applied() == 4 })
+	applied, _ = s.snapshot()
+	require.Equal(t, []string{revoked.ID, dotted.ID}, ids(applied))
+
 	// A gap under unwanted notices is still a gap.
 	require.NoError(t, stream.Purge(context.Background(), jetstream.WithPurgeSequence(10)))
 	require.Equal(t, uint64(10), publish(t, js, cfg, event("org", 1)))
