@@ -31,8 +31,14 @@ type RawEvent struct {
 // after the cursor, in ledger order, below the xid8 horizon, and the cursor
 // of the last one (the given cursor if there are none).
 func (s *Store) TailRaw(ctx context.Context, after Cursor, limit int) ([]RawEvent, Cursor, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE `+belowHorizon+`
-		ORDER BY events.transaction_id, events.position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
+	return s.tail(ctx, "", after, limit)
+}
+
+// tail reads up to limit committed events after the cursor, in ledger
+// order, below the xid8 horizon, that also meet cond ($4 is arg, if any).
+func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, arg ...any) ([]RawEvent, Cursor, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events e WHERE `+cond+belowHorizon+`
+		ORDER BY e.transaction_id, e.position LIMIT $3`, append([]any{strconv.FormatUint(after.Xid, 10), after.Position, limit}, arg...)...)
 	if err != nil {
 		return nil, after, fmt.Errorf("tail: %w", Unavailable(err))
 	}
@@ -47,10 +53,18 @@ func (s *Store) TailRaw(ctx context.Context, after Cursor, limit int) ([]RawEven
 }
 
 // RawEventColumns are the columns ScanRawEvents reads, in its order, from a
-// query on the events table aliased e.
+// query on the events table aliased e. The transaction id is read as text
+// (pgx has no xid8 type) under another name than the column's: an output
+// column named transaction_id would be what a bare ORDER BY transaction_id
+// sorts by, in text order, where "100000" comes before "99999", and readers
+// would leave ledger order (and skip events) whenever the transaction ids
+// gain a digit.
 const RawEventColumns = `e.position, e.transaction_id::text AS xid_text, e.id::text, e.org_id, e.key_id, e.stream_version, e.type, e.actor, e.occurred_at, e.data`
 
-// ScanRawEvents reads rows of eventColumns (or RawEventColumns) as stored.
+// eventColumns is RawEventColumns, as the store's own readers name it.
+const eventColumns = RawEventColumns
+
+// ScanRawEvents reads rows of RawEventColumns as stored.
 func ScanRawEvents(rows pgx.Rows) ([]RawEvent, error) {
 	defer rows.Close()
 	var events []RawEvent
@@ -60,11 +74,11 @@ func ScanRawEvents(rows pgx.Rows) ([]RawEvent, error) {
 		if err := rows.Scan(&e.Cursor.Position, &xid, &e.ID, &e.OrgID, &e.KeyID, &e.StreamVersion, &e.Type, &e.Actor, &e.OccurredAt, &e.Data); err != nil {
 			return nil, err
 		}
-		x, err := strconv.ParseUint(xid, 10, 64)
+		c, err := cursorOf(xid, e.Cursor.Position)
 		if err != nil {
-			return nil, fmt.Errorf("transaction id %q: %w", xid, err)
+			return nil, err
 		}
-		e.Cursor.Xid = x
+		e.Cursor = c
 		events = append(events, e)
 	}
 	return events, rows.Err()

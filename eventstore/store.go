@@ -66,19 +66,11 @@ func appendWorkers(pool *pgxpool.Pool) int {
 // Pool returns the store's connection pool.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
-// eventColumns are the columns scanEvents reads. The transaction id is read
-// as text (pgx has no xid8 type) under another name than the column's: an
-// output column named transaction_id would be what a bare ORDER BY
-// transaction_id sorts by, in text order, where "100000" comes before
-// "99999", and readers would leave ledger order (and skip events) whenever
-// the transaction ids gain a digit.
-const eventColumns = `position, transaction_id::text AS xid_text, id::text, org_id, key_id, stream_version, type, actor, occurred_at, data`
-
 // Load returns one key's events in version order; none if the key does not
 // exist in that organization.
 func (s *Store) Load(ctx context.Context, orgID, keyID string) ([]domain.Event, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events
-		WHERE key_id = $1 AND org_id = $2 ORDER BY stream_version`, keyID, orgID)
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events e
+		WHERE key_id = $1 AND org_id = $2 ORDER BY e.stream_version`, keyID, orgID)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", keyID, Unavailable(err))
 	}
@@ -301,16 +293,25 @@ func scanEvents(rows pgx.Rows) ([]domain.Event, Cursor, error) {
 	if err != nil || len(raw) == 0 {
 		return nil, Cursor{}, err
 	}
+	events, err := decodeEvents(raw)
+	if err != nil {
+		return nil, Cursor{}, err
+	}
+	return events, raw[len(raw)-1].Cursor, nil
+}
+
+// decodeEvents decodes events as stored.
+func decodeEvents(raw []RawEvent) ([]domain.Event, error) {
 	events := make([]domain.Event, len(raw))
 	for i, r := range raw {
 		d, err := domain.DecodeData(r.Type, r.Data)
 		if err != nil {
-			return nil, Cursor{}, fmt.Errorf("event %s: %w", r.ID, err)
+			return nil, fmt.Errorf("event %s: %w", r.ID, err)
 		}
 		events[i] = domain.Event{ID: r.ID, Type: r.Type, OrgID: r.OrgID, KeyID: r.KeyID, StreamVersion: r.StreamVersion,
 			OccurredAt: r.OccurredAt.UTC(), Actor: r.Actor, Data: d, Position: r.Cursor.Position}
 	}
-	return events, raw[len(raw)-1].Cursor, nil
+	return events, nil
 }
 
 // Import appends many new events in one transaction with COPY, and runs the

@@ -60,19 +60,11 @@ func ParseCursor(s string) (Cursor, error) {
 const belowHorizon = `(transaction_id, position) > ($1::text::xid8, $2)
 	AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())`
 
-// The ORDER BY of the readers below names the table's columns: eventColumns
-// selects transaction_id::text under the name transaction_id, and an
-// unqualified ORDER BY transaction_id would sort by that text ("10" before
-// "9"), out of ledger order once transaction ids gain a digit, and without
-// the index.
-
 // Tail returns up to limit events after the cursor, in ledger order, and the
 // cursor of the last one (the given cursor if there are none). Calling it
 // again with that cursor never skips an event, however late it commits.
 func (s *Store) Tail(ctx context.Context, after Cursor, limit int) ([]domain.Event, Cursor, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE `+belowHorizon+`
-		ORDER BY events.transaction_id, events.position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit)
-	return finishTail(rows, err, after)
+	return decodeTail(s.tail(ctx, "", after, limit))
 }
 
 // Behind tells how far a reader at after is behind the ledger: how many
@@ -101,7 +93,7 @@ func (s *Store) Behind(ctx context.Context, after Cursor, limit int) (n int, old
 // the organization wants everything committed when it reads, and a
 // transaction left open elsewhere on the server must not cut it short.
 func (s *Store) OrgHistory(ctx context.Context, orgID string) ([]domain.Event, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE org_id = $1 ORDER BY events.position`, orgID)
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events e WHERE org_id = $1 ORDER BY e.position`, orgID)
 	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", orgID, Unavailable(err))
 	}
@@ -114,21 +106,17 @@ func (s *Store) OrgHistory(ctx context.Context, orgID string) ([]domain.Event, e
 
 // OrgEvents is Tail for one organization: its audit log, in ledger order.
 func (s *Store) OrgEvents(ctx context.Context, orgID string, after Cursor, limit int) ([]domain.Event, Cursor, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE org_id = $4 AND `+belowHorizon+`
-		ORDER BY events.transaction_id, events.position LIMIT $3`, strconv.FormatUint(after.Xid, 10), after.Position, limit, orgID)
-	return finishTail(rows, err, after)
+	return decodeTail(s.tail(ctx, "org_id = $4 AND ", after, limit, orgID))
 }
 
-func finishTail(rows pgx.Rows, err error, after Cursor) ([]domain.Event, Cursor, error) {
-	if err != nil {
-		return nil, after, fmt.Errorf("tail: %w", Unavailable(err))
+// decodeTail decodes what tail read.
+func decodeTail(raw []RawEvent, last Cursor, err error) ([]domain.Event, Cursor, error) {
+	if err != nil || len(raw) == 0 {
+		return nil, last, err
 	}
-	events, last, err := scanEvents(rows)
+	events, err := decodeEvents(raw)
 	if err != nil {
-		return nil, after, fmt.Errorf("tail: %w", Unavailable(err))
-	}
-	if len(events) == 0 {
-		return nil, after, nil
+		return nil, last, fmt.Errorf("tail: %w", err)
 	}
 	return events, last, nil
 }
@@ -140,7 +128,7 @@ func finishTail(rows pgx.Rows, err error, after Cursor) ([]domain.Event, Cursor,
 // horizon: it is for readers that hold the views' locks, so that nothing can
 // commit into what they read.
 func ReadAll(ctx context.Context, q Querier, after int64, limit int) ([]domain.Event, error) {
-	rows, err := q.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE position > $1 ORDER BY position LIMIT $2`, after, limit)
+	rows, err := q.Query(ctx, `SELECT `+eventColumns+` FROM events e WHERE position > $1 ORDER BY e.position LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, Unavailable(err)
 	}
