@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -119,12 +118,4 @@ func VerifierKeyOf(signerKey string) (string, error) {
 		return "", err
 	}
 	return vkey, nil
-}
-
-// CheckpointBody returns the text of a signed note without its signatures.
-func CheckpointBody(signed []byte) string {
-	if i := bytes.Index(signed, []byte("\n\n")); i >= 0 {
-		return string(signed[:i+1])
-	}
-	return string(signed)
 }

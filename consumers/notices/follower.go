@@ -52,6 +52,7 @@ type Follower struct {
 	nc    *nats.Conn
 	cfg   Config
 	sink  Sink
+	picky Selective // sink, if it reads only some types
 	log   *slog.Logger
 	now   func() time.Time
 	delay prometheus.Histogram
@@ -91,6 +92,7 @@ func NewFollower(nc *nats.Conn, cfg Config, sink Sink, o FollowerOptions) (*Foll
 	}
 	f := &Follower{js: js, nc: nc, cfg: cfg.WithDefaults(), sink: sink, log: o.Logger, now: o.Now,
 		made: o.Now(), started: make(chan struct{}), reset: make(chan struct{}, 1)}
+	f.picky, _ = sink.(Selective)
 	if o.Registerer != nil {
 		if err := f.registerMetrics(o.Registerer); err != nil {
 			return nil, err
@@ -294,8 +296,7 @@ func (f *Follower) pass(seq uint64) {
 // wants tells whether the sink reads the notice published on subject: the
 // event type is what follows the prefix and the organization.
 func (f *Follower) wants(subject string) bool {
-	s, ok := f.sink.(Selective)
-	if !ok {
+	if f.picky == nil {
 		return true
 	}
 	rest, ok := strings.CutPrefix(subject, f.cfg.Prefix+".")
@@ -312,7 +313,7 @@ func (f *Follower) wants(subject string) bool {
 	}
 	switch eventType {
 	case domain.TypeKeyGenerated, domain.TypeKeyRevoked:
-		return s.Wants(eventType)
+		return f.picky.Wants(eventType)
 	}
 	return true
 }

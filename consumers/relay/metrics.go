@@ -1,10 +1,6 @@
 package relay
 
-import (
-	"errors"
-
-	"github.com/prometheus/client_golang/prometheus"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
 // metrics are what an operator watches of the relay. Watermill's router
 // metrics (handler and publish durations, by handler) come besides.
@@ -37,10 +33,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.leading, m.published, m.position, m.lagEvents, m.lagSeconds, m.publishErrors, m.retries} {
 		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return nil, err
-			}
+			return nil, err
 		}
 	}
 	return m, nil

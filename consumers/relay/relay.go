@@ -260,7 +260,7 @@ func (r *Relay) checkpoint(ctx context.Context) (eventstore.Cursor, error) {
 		}
 		return c, fmt.Errorf("relay checkpoint: %w", eventstore.Unavailable(err))
 	}
-	c.Xid, err = strconv.ParseUint(xid, 10, 64)
+	c.Xid, err = eventstore.ParseXid(xid)
 	return c, err
 }
 

@@ -133,7 +133,7 @@ func (r *Relay) cursorBefore(ctx context.Context, from int64) (eventstore.Cursor
 	if err != nil {
 		return eventstore.Cursor{}, fmt.Errorf("republish: %w", eventstore.Unavailable(err))
 	}
-	x, err := strconv.ParseUint(xid, 10, 64)
+	x, err := eventstore.ParseXid(xid)
 	if err != nil {
 		return eventstore.Cursor{}, err
 	}

@@ -87,7 +87,7 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 		}
 		s.cursor = cursor
 		for _, e := range events {
-			if !s.deliver(ctx, out, e) {
+			if !s.deliver(ctx, out, e, beat.C) {
 				return
 			}
 		}
@@ -135,8 +135,9 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 	}
 }
 
-// deliver hands one event to the router until it is acknowledged.
-func (s *ledgerSubscriber) deliver(ctx context.Context, out chan<- *message.Message, e domain.Event) bool {
+// deliver hands one event to the router until it is acknowledged; beat is
+// the heartbeat ticker's channel.
+func (s *ledgerSubscriber) deliver(ctx context.Context, out chan<- *message.Message, e domain.Event, beat <-chan time.Time) bool {
 	r := s.relay
 	for attempt := 0; ; attempt++ {
 		msg, err := newMessage(e)
@@ -150,7 +151,7 @@ func (s *ledgerSubscriber) deliver(ctx context.Context, out chan<- *message.Mess
 		case <-ctx.Done():
 			return false
 		}
-		if !s.await(ctx, msg) {
+		if !s.await(ctx, msg, beat) {
 			return false
 		}
 		select {
@@ -175,9 +176,7 @@ func (s *ledgerSubscriber) deliver(ctx context.Context, out chan<- *message.Mess
 // await waits until msg is acked or nacked, measuring the lag every
 // Heartbeat meanwhile (the events of the batch count as not published: a
 // slight overstatement). It returns false if ctx ends first.
-func (s *ledgerSubscriber) await(ctx context.Context, msg *message.Message) bool {
-	beat := time.NewTicker(s.relay.cfg.Heartbeat)
-	defer beat.Stop()
+func (s *ledgerSubscriber) await(ctx context.Context, msg *message.Message, beat <-chan time.Time) bool {
 	for {
 		select {
 		case <-msg.Acked():
@@ -186,7 +185,7 @@ func (s *ledgerSubscriber) await(ctx context.Context, msg *message.Message) bool
 			return true
 		case <-ctx.Done():
 			return false
-		case <-beat.C:
+		case <-beat:
 			if time.Since(s.lastCheck) >= s.relay.cfg.Heartbeat {
 				s.checkLag(ctx, s.cursor)
 			}

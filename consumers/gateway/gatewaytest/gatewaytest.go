@@ -15,7 +15,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -406,12 +405,4 @@ func HostPort(url string) string {
 		url = url[i+3:]
 	}
 	return strings.TrimSuffix(url, "/")
-}
-
-// Must fails t on err.
-func Must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(fmt.Errorf("gatewaytest: %w", err))
-	}
 }
