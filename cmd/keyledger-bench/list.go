@@ -285,7 +285,7 @@ SELECT k.org_id, k.key_id, k.name, k.masked, k.key_hash, k.created_at, k.expires
 	(SELECT key_id, created_at, true AS hit FROM (
 		SELECT key_id, created_at, name, revoked_at, expires_at FROM key_list WHERE org_id = $1
 		ORDER BY created_at DESC, key_id DESC LIMIT $4) walked
-	WHERE name ILIKE $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
+	WHERE lower(name) LIKE lower($2) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
 	ORDER BY created_at DESC, key_id DESC LIMIT $5)
 	UNION ALL
 	(SELECT key_id, created_at, false FROM key_list WHERE org_id = $1

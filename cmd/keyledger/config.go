@@ -99,8 +99,8 @@ func envOr(getenv func(string) string, env, def string) string {
 // validates every value, reporting all the bad ones at once, each by the
 // variable that set it.
 func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer, summary string) (Config, error) {
-	return parseCommand(command{name: name, summary: summary, footer: adminTokenFooter + signingKeyFooter,
-		extra: func(fs *flag.FlagSet) {}}, args, getenv, stderr)
+	return parseCommand(command{name: name, summary: summary, footer: adminTokenFooter + signingKeyFooter},
+		args, getenv, stderr)
 }
 
 // parseCommand is parseConfig for any command: only the settings the

@@ -21,6 +21,7 @@ import (
 	gwclient "github.com/keyledger/keyledger/consumers/gateway"
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/internal/service"
 )
 
 const gatewaySummary = `Runs a reverse proxy that lets through only requests whose x-api-key is valid
@@ -268,20 +269,17 @@ type listening struct {
 	srv *http.Server
 }
 
-// listen opens addr for h. The server has no write timeout: proxied
-// responses may stream for as long as the upstream takes.
+// listen opens addr for h, with serve's server settings but no read or
+// write timeout: proxied requests and responses may stream for as long as
+// the client and the upstream take.
 func listen(addr, env string, h http.Handler, log *slog.Logger) (*listening, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", env, err)
 	}
-	return &listening{ln: ln, srv: &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}}, nil
+	srv := service.NewHTTPServer(h, log)
+	srv.ReadTimeout, srv.WriteTimeout = 0, 0
+	return &listening{ln: ln, srv: srv}, nil
 }
 
 // gatewayOps serves the gateway's own endpoints, apart from the proxy so

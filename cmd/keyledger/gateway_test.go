@@ -253,18 +253,6 @@ func TestGatewayFollowsTheRelayOfServe(t *testing.T) {
 	base := strings.Fields(proxyLine[strings.Index(proxyLine, "http://"):])[0]
 	go func() { _, _ = io.Copy(io.Discard, pipeOf(gwOut)) }()
 
-	admin := func(method, path, body string) map[string]any {
-		req, _ := http.NewRequest(method, service+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+vars["KEYLEDGER_ADMIN_TOKEN"])
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		require.Less(t, resp.StatusCode, 300)
-		var out map[string]any
-		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-		return out
-	}
 	proxied := func(key string) int {
 		req, _ := http.NewRequest(http.MethodGet, base+"/", nil)
 		req.Header.Set("X-Api-Key", key)
@@ -288,10 +276,10 @@ func TestGatewayFollowsTheRelayOfServe(t *testing.T) {
 		return resp.StatusCode == http.StatusOK
 	}
 
-	key := admin(http.MethodPost, "/v1/orgs/acme/keys", `{"name":"e2e"}`)
+	key := adminCall(t, service, vars["KEYLEDGER_ADMIN_TOKEN"], http.MethodPost, "/v1/orgs/acme/keys", `{"name":"e2e"}`)
 	require.Equal(t, http.StatusOK, proxied(key["key"].(string)))
 	waitUntil(t, ready) // current on the relay's heartbeats
-	admin(http.MethodPost, "/v1/orgs/acme/keys/"+key["id"].(string)+"/revoke", `{"reason":"leaked"}`)
+	adminCall(t, service, vars["KEYLEDGER_ADMIN_TOKEN"], http.MethodPost, "/v1/orgs/acme/keys/"+key["id"].(string)+"/revoke", `{"reason":"leaked"}`)
 	waitUntil(t, func() bool { return strings.Contains(scrape(), "keyledger_notices_applied_total 2") })
 	require.Equal(t, http.StatusUnauthorized, proxied(key["key"].(string)))
 	waitUntil(t, ready)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -261,6 +262,23 @@ func TestSIGTERMDrainsInFlightRequestsAndExitsCleanly(t *testing.T) {
 	var count int
 	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&count))
 	require.Equal(t, 1, count)
+}
+
+// adminCall sends an admin API request with a JSON body to the service at
+// base and returns its JSON answer, which must be a success.
+func adminCall(t *testing.T, base, token, method, path, body string) map[string]any {
+	t.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Less(t, resp.StatusCode, 300)
+	var out map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	return out
 }
 
 func waitUntil(t *testing.T, cond func() bool) {

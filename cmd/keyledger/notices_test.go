@@ -50,21 +50,9 @@ func TestServeEmbedsNATSAndRelaysNoticesThatRepublishRefills(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, "ok", ready.Checks["nats"], "readiness covers NATS")
 
-	call := func(method, path, body string) map[string]any {
-		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+vars["KEYLEDGER_ADMIN_TOKEN"])
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		require.Less(t, resp.StatusCode, 300)
-		var out map[string]any
-		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-		return out
-	}
-	key := call(http.MethodPost, "/v1/orgs/acme/keys", `{"name":"ci"}`)
+	key := adminCall(t, base, vars["KEYLEDGER_ADMIN_TOKEN"], http.MethodPost, "/v1/orgs/acme/keys", `{"name":"ci"}`)
 	keyID := key["id"].(string)
-	call(http.MethodPost, "/v1/orgs/acme/keys/"+keyID+"/revoke", `{"reason":"leaked"}`)
+	adminCall(t, base, vars["KEYLEDGER_ADMIN_TOKEN"], http.MethodPost, "/v1/orgs/acme/keys/"+keyID+"/revoke", `{"reason":"leaked"}`)
 
 	nc, err := nats.Connect(natsURL)
 	require.NoError(t, err, "a gateway can connect to the embedded server")
