@@ -25,6 +25,9 @@ type commits struct {
 	mu      sync.Mutex
 	local   map[chan struct{}]struct{}
 	pending chan struct{}
+	// stopListening ends the LISTEN connection that wakes local for
+	// commits of other processes; nil while local is empty.
+	stopListening context.CancelFunc
 }
 
 func newCommits() *commits {
@@ -33,12 +36,17 @@ func newCommits() *commits {
 
 // signal wakes this process's readers at once and asks for one NOTIFY.
 func (c *commits) signal() {
+	c.wakeLocal()
+	poke(c.pending)
+}
+
+// wakeLocal wakes this process's readers.
+func (c *commits) wakeLocal() {
 	c.mu.Lock()
 	for ch := range c.local {
 		poke(ch)
 	}
 	c.mu.Unlock()
-	poke(c.pending)
 }
 
 func poke(ch chan struct{}) {
@@ -82,39 +90,50 @@ func (s *Store) RunNotifier(ctx context.Context, log *slog.Logger) {
 const notifyEvery = 2 * time.Millisecond
 
 // Wakeups returns a channel that receives soon after events commit: at once
-// for appends made through this store, and through LISTEN on a dedicated
-// connection for appends made by other processes. It holds one pending
-// wake-up at most; several commits may give one. It also receives after the
-// LISTEN connection is re-established, since a notice may have been missed
-// meanwhile. It stops when ctx ends.
+// for appends made through this store, and through LISTEN for appends made
+// by other processes. It holds one pending wake-up at most; several commits
+// may give one. It also receives after the LISTEN connection is
+// re-established, since a notice may have been missed meanwhile. It stops
+// when ctx ends.
+//
+// The store's readers (a relay, a sealer) share one LISTEN connection, open
+// while any of them waits: each NOTIFY wakes every listening backend.
 func (s *Store) Wakeups(ctx context.Context, log *slog.Logger) <-chan struct{} {
 	ch := make(chan struct{}, 1)
-	s.commits.mu.Lock()
-	s.commits.local[ch] = struct{}{}
-	s.commits.mu.Unlock()
-	go func() {
-		defer func() {
-			s.commits.mu.Lock()
-			delete(s.commits.local, ch)
-			s.commits.mu.Unlock()
-		}()
-		s.listen(ctx, ch, log)
-	}()
+	c := s.commits
+	c.mu.Lock()
+	c.local[ch] = struct{}{}
+	if c.stopListening == nil {
+		lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		c.stopListening = stop
+		go s.listen(lctx, log)
+	}
+	c.mu.Unlock()
+	context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		delete(c.local, ch)
+		if len(c.local) == 0 && c.stopListening != nil {
+			c.stopListening()
+			c.stopListening = nil
+		}
+	})
 	return ch
 }
 
-func (s *Store) listen(ctx context.Context, wake chan struct{}, log *slog.Logger) {
+// listen wakes the store's readers for every NOTIFY until ctx ends.
+func (s *Store) listen(ctx context.Context, log *slog.Logger) {
 	for ctx.Err() == nil {
 		conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
 		if err == nil {
 			_, err = conn.Exec(ctx, `LISTEN `+CommitChannel)
 		}
 		if err == nil {
-			poke(wake) // something may have committed while not listening
+			s.commits.wakeLocal() // something may have committed while not listening
 			for err == nil {
 				_, err = conn.WaitForNotification(ctx)
 				if err == nil {
-					poke(wake)
+					s.commits.wakeLocal()
 				}
 			}
 		}

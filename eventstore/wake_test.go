@@ -120,3 +120,44 @@ func TestWakeupsStopWithTheirContext(t *testing.T) {
 	cancel()
 	waitFor(t, "the LISTEN session to end", func() bool { return listeners() == 0 })
 }
+
+// TestReadersOfOneStoreShareOneListenConnection: two readers of a store (a
+// relay and a sealer) are both woken through one LISTEN connection, which
+// ends when the last of them stops.
+func TestReadersOfOneStoreShareOneListenConnection(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	writer := eventstore.New(pgtest.PoolFor(t, url, 4))
+	readerPool := pgtest.PoolFor(t, url, 4)
+	reader := eventstore.New(readerPool)
+	listeners := func() int {
+		var n int
+		require.NoError(t, readerPool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND query ILIKE 'LISTEN%'`).Scan(&n))
+		return n
+	}
+	ctx := testContext(t)
+	ctx1, stop1 := context.WithCancel(ctx)
+	ctx2, stop2 := context.WithCancel(ctx)
+	defer stop2()
+	first, second := reader.Wakeups(ctx1, quiet()), reader.Wakeups(ctx2, quiet())
+	requireWoken(t, first, "listening began")
+	require.Equal(t, 1, listeners())
+
+	nctx, stopNotifier := context.WithCancel(ctx)
+	defer stopNotifier()
+	go writer.RunNotifier(nctx, quiet())
+	drain(first)
+	drain(second)
+	appendKey(t, writer, "org")
+	requireWoken(t, first, "another process's append (first reader)")
+	requireWoken(t, second, "another process's append (second reader)")
+
+	stop1()
+	drain(second)
+	appendKey(t, writer, "org")
+	requireWoken(t, second, "another process's append, the first reader gone")
+	require.Equal(t, 1, listeners())
+	stop2()
+	waitFor(t, "the LISTEN session to end", func() bool { return listeners() == 0 })
+}
