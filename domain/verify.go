@@ -49,14 +49,24 @@ func Verify(ctx context.Context, lookup KeyLookup, prefix, apiKey, orgID string,
 	if err != nil {
 		return Verification{}, err
 	}
-	if k == nil || !k.Hash.Equal(hash) || k.OrgID != orgID {
+	if k == nil || !k.Hash.Equal(hash) {
 		return Verification{Reason: ReasonInvalid}, nil
+	}
+	return k.Verdict(orgID, now), nil
+}
+
+// Verdict is the answer to a presentation, for orgID at now, of the key
+// found for the presented key's digest: a key of another organization is
+// invalid, as an unknown one is.
+func (k *Key) Verdict(orgID string, now time.Time) Verification {
+	if k.OrgID != orgID {
+		return Verification{Reason: ReasonInvalid}
 	}
 	switch k.Status(now) {
 	case StatusRevoked:
-		return Verification{Reason: ReasonRevoked}, nil
+		return Verification{Reason: ReasonRevoked}
 	case StatusExpired:
-		return Verification{Reason: ReasonExpired}, nil
+		return Verification{Reason: ReasonExpired}
 	}
-	return Verification{Key: k}, nil
+	return Verification{Key: k}
 }

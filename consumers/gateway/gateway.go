@@ -226,17 +226,12 @@ func (c *Client) Verify(ctx context.Context, apiKey, orgID string) (domain.Verif
 
 // decide applies the domain's rules to a key known for the digest.
 func (c *Client) decide(k *domain.Key, orgID string, now time.Time) domain.Verification {
-	if k.OrgID != orgID {
-		return c.refuse(domain.ReasonInvalid)
-	}
-	switch k.Status(now) {
-	case domain.StatusRevoked:
-		return c.refuse(domain.ReasonRevoked)
-	case domain.StatusExpired:
-		return c.refuse(domain.ReasonExpired)
+	v := k.Verdict(orgID, now)
+	if !v.Valid() {
+		return c.refuse(v.Reason)
 	}
 	c.metrics.results[resultValid].Inc()
-	return domain.Verification{Key: k}
+	return v
 }
 
 func (c *Client) refuse(r domain.Reason) domain.Verification {
