@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -46,14 +45,9 @@ func Export(ctx context.Context, pool *pgxpool.Pool, orgID string, since time.Ti
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	var signed string
-	var size int64
-	err = tx.QueryRow(ctx, `SELECT note, tree_size FROM checkpoints ORDER BY tree_size DESC LIMIT 1`).Scan(&signed, &size)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return h, domain.Errorf(domain.ENotFound, "no checkpoint has been signed yet: nothing is sealed")
-	}
+	signed, size, err := latestCheckpoint(ctx, tx)
 	if err != nil {
-		return h, fmt.Errorf("export: %w", eventstore.Unavailable(err))
+		return h, err
 	}
 	h = audit.ExportHeader{Checkpoint: signed, OrgID: orgID}
 	var sinceArg *time.Time

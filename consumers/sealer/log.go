@@ -24,15 +24,28 @@ func NewLog(pool *pgxpool.Pool) *Log { return &Log{pool: pool} }
 
 // Checkpoint returns the latest signed checkpoint, as a signed note.
 func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
-	var signed string
-	err := l.pool.QueryRow(ctx, `SELECT note FROM checkpoints ORDER BY tree_size DESC LIMIT 1`).Scan(&signed)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, domain.Errorf(domain.ENotFound, "no checkpoint has been signed yet: nothing is sealed")
-	}
+	signed, _, err := latestCheckpoint(ctx, l.pool)
 	if err != nil {
-		return nil, fmt.Errorf("latest checkpoint: %w", eventstore.Unavailable(err))
+		return nil, err
 	}
 	return []byte(signed), nil
+}
+
+// latestCheckpoint reads the latest signed checkpoint through q: its signed
+// note and its tree size; not_found if none was signed yet.
+func latestCheckpoint(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}) (string, int64, error) {
+	var signed string
+	var size int64
+	err := q.QueryRow(ctx, `SELECT note, tree_size FROM checkpoints ORDER BY tree_size DESC LIMIT 1`).Scan(&signed, &size)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", 0, domain.Errorf(domain.ENotFound, "no checkpoint has been signed yet: nothing is sealed")
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("latest checkpoint: %w", eventstore.Unavailable(err))
+	}
+	return signed, size, nil
 }
 
 // Size returns the number of sealed events: the size of the largest tree
@@ -103,15 +116,8 @@ func (l *Log) ConsistencyProof(ctx context.Context, from, to uint64) (audit.Cons
 // size beyond what is sealed.
 func (l *Log) checkSize(ctx context.Context, size uint64) (uint64, error) {
 	if size == 0 {
-		var n int64
-		err := l.pool.QueryRow(ctx, `SELECT tree_size FROM checkpoints ORDER BY tree_size DESC LIMIT 1`).Scan(&n)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return 0, domain.Errorf(domain.ENotFound, "no checkpoint has been signed yet: nothing is sealed")
-		}
-		if err != nil {
-			return 0, fmt.Errorf("latest checkpoint: %w", eventstore.Unavailable(err))
-		}
-		return uint64(n), nil
+		_, n, err := latestCheckpoint(ctx, l.pool)
+		return uint64(n), err
 	}
 	sealed, err := l.Size(ctx)
 	if err != nil {
