@@ -68,7 +68,7 @@ func (b *bench) startGateway(ctx context.Context, svc *instance) (*gatewayClient
 // follows the notices, and starts a gateway client on it whose cache is
 // primed with keys. The caller closes both.
 func (b *bench) servedGateway(ctx context.Context, scenario string, keys []verifyKey) (*instance, *gatewayClient, error) {
-	svc, err := b.startService(ctx, b.scratch, true)
+	svc, err := b.startService(ctx, b.scratch, serviceOptions{NATS: true})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -44,7 +44,7 @@ func (b *bench) generate(ctx context.Context, w io.Writer) (result, error) {
 		return err
 	})
 
-	svc, err := b.startService(ctx, b.scratch, true)
+	svc, err := b.startService(ctx, b.scratch, serviceOptions{NATS: true})
 	if err != nil {
 		return result{}, err
 	}

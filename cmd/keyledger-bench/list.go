@@ -188,7 +188,7 @@ func (b *bench) list(ctx context.Context, ds *listDataset, w io.Writer) (result,
 	load := loadAvg()
 	fmt.Fprintf(w, "  (load average %.2f at start)\n", load)
 	b.data.checkpoint(ctx, b.progress)
-	svc, err := b.startService(ctx, b.data, false)
+	svc, err := b.startService(ctx, b.data, serviceOptions{})
 	if err != nil {
 		return result{}, err
 	}

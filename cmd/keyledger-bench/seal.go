@@ -14,9 +14,7 @@ import (
 
 	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/consumers/sealer"
-	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
-	"github.com/keyledger/keyledger/internal/service"
 )
 
 const (
@@ -186,41 +184,25 @@ func (b *bench) seal(ctx context.Context, w io.Writer) (result, error) {
 // sealer running, as serve runs it, and returns the lag of every event
 // sealed meanwhile, and the generate run.
 func (b *bench) sealLag(ctx context.Context, ds *sealDataset) ([]time.Duration, *loadRun, error) {
-	pool, err := newPool(ctx, b.scratch.url, int32(b.cfg.poolConns))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer pool.Close()
 	var mu sync.Mutex
 	var lags []time.Duration
 	measuring := false
-	token := service.NewAdminToken()
-	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: domain.DefaultKeyPrefix,
-		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)), Signer: ds.signer,
-		SealLag: func(d time.Duration) {
-			mu.Lock()
-			if measuring {
-				lags = append(lags, d)
-			}
-			mu.Unlock()
-		}})
+	svc, err := b.startService(ctx, b.scratch, serviceOptions{Signer: ds.signer, SealLag: func(d time.Duration) {
+		mu.Lock()
+		if measuring {
+			lags = append(lags, d)
+		}
+		mu.Unlock()
+	}})
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err := serve(svc.Handler)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer srv.close()
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); svc.Run(runCtx) }()
-	defer func() { cancel(); <-done }()
+	defer svc.close()
 
 	gen := httpSide(httpLoad{
 		label:   "keyledger POST /keys (201), sealer on",
 		clients: b.cfg.generateClients,
-		targets: generateTargeter(&instance{URL: srv.URL, Token: token}, "bench-seal-gen-"+b.runID),
+		targets: generateTargeter(svc, "bench-seal-gen-"+b.runID),
 		success: http.StatusCreated,
 	})
 	if b.cfg.warmup > 0 {

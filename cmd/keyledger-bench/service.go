@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/domain"
@@ -33,20 +34,28 @@ type instance struct {
 	once  sync.Once
 }
 
+// serviceOptions are what a scenario's service runs besides the API.
+type serviceOptions struct {
+	NATS    bool
+	Signer  note.Signer
+	SealLag func(time.Duration)
+}
+
 // startService opens a pool of --pool-conns connections on db, serves the
 // API on 127.0.0.1:0 and runs the service's background work until close.
-// With withNATS (every scenario that needsNATS), it connects to the run's
+// With o.NATS (every scenario that needsNATS), it connects to the run's
 // NATS, so that it runs the relay and its notices follower as served;
-// without (list), the service answers from Postgres alone, and no relay
-// publishes the data set's events into the run's stream.
-func (b *bench) startService(ctx context.Context, db *database, withNATS bool) (*instance, error) {
+// without (list, seal), the service answers from Postgres alone, and no
+// relay publishes the data set's events into the run's stream. With
+// o.Signer it seals, as serve does, and reports each seal lag to o.SealLag.
+func (b *bench) startService(ctx context.Context, db *database, o serviceOptions) (*instance, error) {
 	pool, err := newPool(ctx, db.url, int32(b.cfg.poolConns))
 	if err != nil {
 		return nil, err
 	}
 	var nc *nats.Conn
 	var cfg notices.Config
-	if withNATS {
+	if o.NATS {
 		nc, err = notices.Connect(b.nats.url, "keyledger-bench-service", slog.New(slog.NewTextHandler(b.progress, &slog.HandlerOptions{Level: slog.LevelWarn})))
 		if err != nil {
 			pool.Close()
@@ -60,7 +69,7 @@ func (b *bench) startService(ctx context.Context, db *database, withNATS bool) (
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	s := &instance{Token: token, pool: pool, nc: nc, done: make(chan struct{})}
 	s.svc, err = service.New(pool, service.Options{AdminToken: token, KeyPrefix: domain.DefaultKeyPrefix, Logger: log,
-		NATS: nc, Notices: cfg})
+		NATS: nc, Notices: cfg, Signer: o.Signer, SealLag: o.SealLag})
 	if err == nil {
 		s.srv, err = serve(s.svc.Handler)
 	}

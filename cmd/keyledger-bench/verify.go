@@ -43,7 +43,7 @@ func (b *bench) verify(ctx context.Context, w io.Writer) (result, error) {
 	}
 	b.scratch.checkpoint(ctx, b.progress)
 
-	svc, err := b.startService(ctx, b.scratch, true)
+	svc, err := b.startService(ctx, b.scratch, serviceOptions{NATS: true})
 	if err != nil {
 		return result{}, err
 	}
