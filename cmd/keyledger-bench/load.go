@@ -35,6 +35,34 @@ type loadRun struct {
 	pgCPU     time.Duration              // CPU time of the Postgres backends serving it, if measurable
 }
 
+// record counts one operation: its latency if it succeeded, its error if
+// not.
+func (r *loadRun) record(latency time.Duration, err error) {
+	r.requests++
+	if err != nil {
+		r.failures[err.Error()]++
+		return
+	}
+	r.ok++
+	r.latencies = append(r.latencies, latency)
+}
+
+// recordResult counts one vegeta result, a success if it is the success
+// status without error, and reports whether it was.
+func (r *loadRun) recordResult(res *vegeta.Result, success int) bool {
+	if int(res.Code) == success && res.Error == "" {
+		r.record(res.Latency, nil)
+		return true
+	}
+	r.requests++
+	if res.Code != 0 {
+		r.failures["HTTP "+strconv.Itoa(int(res.Code))+problemDetail(res.Body)]++
+	} else {
+		r.failures[res.Error]++
+	}
+	return false
+}
+
 // pgCPUPerOp is the Postgres backends' CPU time per successful operation, in
 // microseconds; 0 when Postgres is not on this machine.
 func (r *loadRun) pgCPUPerOp() float64 {
@@ -194,21 +222,9 @@ func attack(ctx context.Context, client *http.Client, l httpLoad, d time.Duratio
 	defer stop()
 	start := time.Now()
 	for res := range atk.Attack(l.targets, vegeta.Rate{Freq: 0}, d, l.label) {
-		r.requests++
-		if int(res.Code) == l.success && res.Error == "" {
-			r.ok++
-			r.latencies = append(r.latencies, res.Latency)
-			if l.tag != nil {
-				t := l.tag(res)
-				r.tagged[t] = append(r.tagged[t], res.Latency)
-			}
-			continue
-		}
-		switch {
-		case res.Code != 0:
-			r.failures["HTTP "+strconv.Itoa(int(res.Code))+problemDetail(res.Body)]++
-		default:
-			r.failures[res.Error]++
+		if r.recordResult(res, l.success) && l.tag != nil {
+			t := l.tag(res)
+			r.tagged[t] = append(r.tagged[t], res.Latency)
 		}
 	}
 	r.wall = time.Since(start)
@@ -251,27 +267,15 @@ func closedLoop(ctx context.Context, label string, clients int, d time.Duration,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var lats []time.Duration
-			failures := map[string]int{}
-			requests := 0
+			mine := &loadRun{failures: map[string]int{}}
 			for ctx.Err() == nil && time.Now().Before(deadline) {
 				t0 := time.Now()
 				err := op(ctx)
-				requests++
-				if err != nil {
-					failures[err.Error()]++
-					continue
-				}
-				lats = append(lats, time.Since(t0))
+				mine.record(time.Since(t0), err)
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			r.requests += requests
-			r.ok += len(lats)
-			r.latencies = append(r.latencies, lats...)
-			for k, v := range failures {
-				r.failures[k] += v
-			}
+			r.merge(mine)
 		}()
 	}
 	wg.Wait()

@@ -79,14 +79,8 @@ func (b *bench) propagation(ctx context.Context, w io.Writer) (result, error) {
 				break
 			}
 			d, first, err := revoker.revoke(ctx, k)
-			got.requests++
-			if err != nil {
-				got.failures[err.Error()]++
-				continue
-			}
-			got.ok++
-			got.latencies = append(got.latencies, d)
-			if first {
+			got.record(d, err)
+			if err == nil && first {
 				firstCheck++
 			}
 		}
@@ -99,13 +93,7 @@ func (b *bench) propagation(ctx context.Context, w io.Writer) (result, error) {
 				break
 			}
 			d, err := floor.one(ctx)
-			base.requests++
-			if err != nil {
-				base.failures[err.Error()]++
-				continue
-			}
-			base.ok++
-			base.latencies = append(base.latencies, d)
+			base.record(d, err)
 		}
 		base.wall += time.Since(t0)
 	}
@@ -242,17 +230,7 @@ func (b *bench) startBackground(svc *instance, gw *gatewayClient, keys []verifyK
 		r := &loadRun{label: label, failures: map[string]int{}}
 		start := time.Now()
 		for res := range bg.atk.Attack(verifyTargeter(svc.URL, keys), vegeta.Rate{Freq: rate, Per: time.Second}, 0, label) {
-			r.requests++
-			if res.Code == http.StatusOK && res.Error == "" {
-				r.ok++
-				r.latencies = append(r.latencies, res.Latency)
-				continue
-			}
-			if res.Code != 0 {
-				r.failures[fmt.Sprintf("HTTP %d%s", res.Code, problemDetail(res.Body))]++
-			} else {
-				r.failures[res.Error]++
-			}
+			r.recordResult(res, http.StatusOK)
 		}
 		r.wall = time.Since(start)
 		bg.http <- r
