@@ -17,6 +17,7 @@ import (
 	"github.com/keyledger/keyledger/consumers/gateway"
 	"github.com/keyledger/keyledger/consumers/gateway/gatewaytest"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/internal/natstest"
 )
 
 // gwUpstream is the service behind the proxy: it records what it received.
@@ -61,7 +62,7 @@ func gwSetup(t *testing.T, o api.GatewayOptions, staleAfter time.Duration) *gwBu
 		_, _ = io.WriteString(w, "upstream says hello to "+r.URL.RequestURI())
 	}))
 	t.Cleanup(b.upstream.srv.Close)
-	c, err := gateway.New(gateway.Config{ServiceURL: b.env.Service.URL, NATS: gatewaytest.Connect(t, gatewaytest.NATSURL()),
+	c, err := gateway.New(gateway.Config{ServiceURL: b.env.Service.URL, NATS: natstest.Connect(t, natstest.URL()),
 		Notices: b.env.Notices, StaleAfter: staleAfter, Now: b.now.Now})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -14,8 +14,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keyledger/keyledger/consumers/gateway/gatewaytest"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/internal/natstest"
 	"github.com/keyledger/keyledger/internal/pgtest"
 )
 
@@ -120,7 +120,7 @@ func runScenario(t *testing.T, args ...string) (int, map[string]any) {
 
 func TestGenerateReportsKeysPerSecondBesideRawInserts(t *testing.T) {
 	t.Parallel()
-	_, line := runScenario(t, "generate", "--nats-url", gatewaytest.NATSURL(), "--generate-clients", "4", "--raw-conns", "4",
+	_, line := runScenario(t, "generate", "--nats-url", natstest.URL(), "--generate-clients", "4", "--raw-conns", "4",
 		"--duration", "1s", "--rounds", "1", "--warmup", "0")
 	require.Equal(t, "generate", line["scenario"])
 	require.Equal(t, 0.5, line["target"])
@@ -132,7 +132,7 @@ func TestGenerateReportsKeysPerSecondBesideRawInserts(t *testing.T) {
 
 func TestVerifyReportsRequestsPerSecondAndP99(t *testing.T) {
 	t.Parallel()
-	_, line := runScenario(t, "verify", "--nats-url", gatewaytest.NATSURL(), "--verify-keys", "300", "--verify-clients", "4",
+	_, line := runScenario(t, "verify", "--nats-url", natstest.URL(), "--verify-keys", "300", "--verify-clients", "4",
 		"--duration", "1s", "--rounds", "1", "--warmup", "0")
 	require.Equal(t, "verify", line["scenario"])
 	require.Equal(t, 5.0, line["target_p99_ms"])
@@ -159,7 +159,7 @@ func TestListRunsWithoutNATS(t *testing.T) {
 // checks the report's shape and sanity, not the target.
 func TestPropagationReportsRevocationLatencyBesideTheNATSFloor(t *testing.T) {
 	t.Parallel()
-	_, line := runScenario(t, "propagation", "--nats-url", gatewaytest.NATSURL(),
+	_, line := runScenario(t, "propagation", "--nats-url", natstest.URL(),
 		"--propagation-revocations", "50", "--propagation-verify-rate", "100", "--propagation-gateway-rate", "1000",
 		"--rounds", "2", "--warmup", "0")
 	require.Equal(t, "propagation", line["scenario"])

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keyledger/keyledger/consumers/gateway/gatewaytest"
+	"github.com/keyledger/keyledger/internal/natstest"
 )
 
 var errEnded = errors.New("the gateway command returned")
@@ -121,7 +122,7 @@ func TestGatewayProxiesValidKeysAndRefusesARevokedOne(t *testing.T) {
 	go func() {
 		defer close(stopped)
 		err := gateway(ctx, []string{"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-			"--upstream", upstream.URL, "--service", e.Service.URL, "--nats", gatewaytest.NATSURL(),
+			"--upstream", upstream.URL, "--service", e.Service.URL, "--nats", natstest.URL(),
 			"--subject-prefix", e.Notices.Prefix, "--stream", e.Notices.Stream},
 			env(map[string]string{"KEYLEDGER_LOG_LEVEL": "warn"}), pw, stderr)
 		if err != nil {
@@ -211,7 +212,7 @@ func TestGatewayFollowsTheRelayOfServe(t *testing.T) {
 		"KEYLEDGER_HTTP_ADDR":           "127.0.0.1:0",
 		"KEYLEDGER_DATA_DIR":            t.TempDir(),
 		"KEYLEDGER_ADMIN_TOKEN":         "test-admin-token-0123456789",
-		"KEYLEDGER_NATS_SUBJECT_PREFIX": "e2e" + gatewaytest.Random(8),
+		"KEYLEDGER_NATS_SUBJECT_PREFIX": "e2e" + natstest.Random(8),
 		"KEYLEDGER_LOG_LEVEL":           "warn",
 	}
 	ctx, cancel := context.WithCancel(context.Background())

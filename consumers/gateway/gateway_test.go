@@ -16,6 +16,7 @@ import (
 	"github.com/keyledger/keyledger/consumers/gateway"
 	"github.com/keyledger/keyledger/consumers/gateway/gatewaytest"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/internal/natstest"
 )
 
 const (
@@ -69,7 +70,7 @@ func setupOn(t testing.TB, env *gatewaytest.Env, opts ...option) *harness {
 		o(&cfg, h)
 	}
 	if cfg.NATS == nil {
-		cfg.NATS = gatewaytest.Connect(t, gatewaytest.NATSURL())
+		cfg.NATS = natstest.Connect(t, natstest.URL())
 	}
 	c, err := gateway.New(cfg)
 	require.NoError(t, err)
@@ -301,8 +302,8 @@ func TestARevocationRacingAnInFlightLookupEndsRevoked(t *testing.T) {
 func TestAClientDisconnectedAndResumedMissesNoNotice(t *testing.T) {
 	t.Parallel()
 	env := gatewaytest.New(t)
-	proxy := gatewaytest.NewProxy(t, gatewaytest.HostPort(gatewaytest.NATSURL()))
-	nc := gatewaytest.Connect(t, proxy.URL("nats"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	proxy := gatewaytest.NewProxy(t, gatewaytest.HostPort(natstest.URL()))
+	nc := natstest.Connect(t, proxy.URL("nats"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	h := setupOn(t, env, withNATS(nc))
 	env.StartHeartbeats(100 * time.Millisecond)
 	h.waitCurrent(t)

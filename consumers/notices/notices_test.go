@@ -2,10 +2,7 @@ package notices_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +15,7 @@ import (
 
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/internal/natstest"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -111,39 +109,20 @@ func TestHeartbeatLag(t *testing.T) {
 
 // --- Follower, on the real NATS ---
 
-const natsHint = "is NATS running? start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log (or run .ci/run)"
-
-func natsURL() string {
-	if u := os.Getenv("KEYLEDGER_TEST_NATS_URL"); u != "" {
-		return u
-	}
-	return "nats://127.0.0.1:4222"
-}
-
-func randomName() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // natsSetup connects to the shared NATS server and makes a stream of the
 // test's own, deleted when the test ends.
 func natsSetup(t *testing.T) (*nats.Conn, jetstream.JetStream, jetstream.Stream, notices.Config) {
 	t.Helper()
-	nc, err := nats.Connect(natsURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect to NATS at %s: %v\n%s", natsURL(), err, natsHint)
-	}
-	t.Cleanup(nc.Close)
+	nc := natstest.Connect(t, natstest.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	suffix := randomName()
+	suffix := natstest.Random(12)
 	cfg := notices.Config{Prefix: "t" + suffix, Stream: "T" + suffix}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := notices.EnsureStream(ctx, js, cfg)
 	if err != nil {
-		t.Fatalf("make stream: %v\n%s", err, natsHint)
+		t.Fatalf("make stream: %v\n%s", err, natstest.Hint)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -221,11 +200,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // startFollower runs a follower on its own connection until the test ends.
 func startFollower(t *testing.T, cfg notices.Config, s notices.Sink, clock *fakeClock) *notices.Follower {
 	t.Helper()
-	nc, err := nats.Connect(natsURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect to NATS: %v\n%s", err, natsHint)
-	}
-	t.Cleanup(nc.Close)
+	nc := natstest.Connect(t, natstest.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	o := notices.FollowerOptions{}
 	if clock != nil {
 		o.Now = clock.now

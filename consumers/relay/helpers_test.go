@@ -2,12 +2,9 @@ package relay_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,6 +23,7 @@ import (
 	"github.com/keyledger/keyledger/consumers/relay"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/internal/natstest"
 	"github.com/keyledger/keyledger/internal/pgtest"
 )
 
@@ -33,21 +31,6 @@ import (
 // internal/pgtest) and the real NATS: the shared server for most, each with a
 // subject prefix and stream of its own, and an embedded nats-server that the
 // test stops and restarts for the outage tests.
-
-const natsHint = "is NATS running? start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log (or run .ci/run)"
-
-func sharedNATSURL() string {
-	if u := os.Getenv("KEYLEDGER_TEST_NATS_URL"); u != "" {
-		return u
-	}
-	return "nats://127.0.0.1:4222"
-}
-
-func randomName() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
 
 // bundle is what a relay test needs: a database, a store and a ledger on it,
 // a NATS URL and a stream of its own.
@@ -72,8 +55,8 @@ func withDuplicateWindow(d time.Duration) option {
 
 func setup(t *testing.T, opts ...option) *bundle {
 	t.Helper()
-	suffix := randomName()
-	b := &bundle{url: sharedNATSURL(), cfg: notices.Config{Prefix: "t" + suffix, Stream: "T" + suffix}}
+	suffix := natstest.Random(12)
+	b := &bundle{url: natstest.URL(), cfg: notices.Config{Prefix: "t" + suffix, Stream: "T" + suffix}}
 	for _, o := range opts {
 		o(b)
 	}
@@ -89,7 +72,7 @@ func setup(t *testing.T, opts ...option) *bundle {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := notices.EnsureStream(ctx, b.js, b.cfg); err != nil {
-		t.Fatalf("make stream %s: %v\n%s", b.cfg.Stream, err, natsHint)
+		t.Fatalf("make stream %s: %v\n%s", b.cfg.Stream, err, natstest.Hint)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -105,14 +88,8 @@ func setup(t *testing.T, opts ...option) *bundle {
 // ends.
 func connect(t *testing.T, url string, more ...nats.Option) *nats.Conn {
 	t.Helper()
-	opts := append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond),
-		nats.Timeout(2 * time.Second)}, more...)
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		t.Fatalf("connect to NATS at %s: %v\n%s", url, err, natsHint)
-	}
-	t.Cleanup(nc.Close)
-	return nc
+	return natstest.Connect(t, url, append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond),
+		nats.Timeout(2 * time.Second)}, more...)...)
 }
 
 func testContext(t *testing.T) context.Context {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/keyledger/keyledger/consumers/gateway/gatewaytest"
 	"github.com/keyledger/keyledger/consumers/notices"
+	"github.com/keyledger/keyledger/internal/natstest"
 	"github.com/keyledger/keyledger/internal/pgtest"
 	"github.com/keyledger/keyledger/internal/service"
 )
@@ -34,7 +35,7 @@ type instance struct {
 func start(t *testing.T, dbURL, natsURL string, cfg notices.Config, stale time.Duration) *instance {
 	t.Helper()
 	pool := pgtest.PoolFor(t, dbURL, 8)
-	nc := gatewaytest.Connect(t, natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc := natstest.Connect(t, natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	svc, err := service.New(pool, service.Options{AdminToken: token, KeyPrefix: "kl", Logger: slog.New(slog.DiscardHandler),
 		NATS: nc, Notices: cfg, StaleAfter: stale})
 	require.NoError(t, err)
@@ -100,9 +101,9 @@ func (i *instance) verify(t *testing.T, key, org string, noCache bool) string {
 
 func newStream(t *testing.T) notices.Config {
 	t.Helper()
-	suffix := gatewaytest.Random(10)
+	suffix := natstest.Random(10)
 	cfg := notices.Config{Prefix: "t" + suffix, Stream: "T" + suffix}.WithDefaults()
-	nc := gatewaytest.Connect(t, gatewaytest.NATSURL())
+	nc := natstest.Connect(t, natstest.URL())
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), cfg.Stream) })
@@ -117,8 +118,8 @@ func TestVerifyCacheFollowsRevocationsAcrossInstances(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDatabase(t)
 	cfg := newStream(t)
-	a := start(t, db, gatewaytest.NATSURL(), cfg, 5*time.Second)
-	b := start(t, db, gatewaytest.NATSURL(), cfg, 5*time.Second)
+	a := start(t, db, natstest.URL(), cfg, 5*time.Second)
+	b := start(t, db, natstest.URL(), cfg, 5*time.Second)
 	a.waitCurrent(t)
 	b.waitCurrent(t)
 
@@ -149,8 +150,8 @@ func TestVerifyCacheTrustsPositivesOnlyWhileCurrent(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDatabase(t)
 	cfg := newStream(t)
-	a := start(t, db, gatewaytest.NATSURL(), cfg, 5*time.Second)
-	proxy := gatewaytest.NewProxy(t, gatewaytest.HostPort(gatewaytest.NATSURL()))
+	a := start(t, db, natstest.URL(), cfg, 5*time.Second)
+	proxy := gatewaytest.NewProxy(t, gatewaytest.HostPort(natstest.URL()))
 	const stale = 2 * time.Second
 	b := start(t, db, proxy.URL("nats"), cfg, stale)
 	a.waitCurrent(t)

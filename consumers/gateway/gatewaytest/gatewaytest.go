@@ -12,15 +12,12 @@ package gatewaytest
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +29,7 @@ import (
 
 	"github.com/keyledger/keyledger/consumers/notices"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/internal/natstest"
 	"github.com/keyledger/keyledger/internal/pgtest"
 	"github.com/keyledger/keyledger/internal/service"
 )
@@ -41,36 +39,6 @@ const AdminToken = "gatewaytest-admin-token-0123456789"
 
 // KeyPrefix is the prefix of the service's keys.
 const KeyPrefix = "kl"
-
-const natsHint = "is NATS with JetStream running? start it with: start-stop-daemon --start --oknodo --background " +
-	"--exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log (or run .ci/run)"
-
-// NATSURL is the NATS server tests use.
-func NATSURL() string {
-	if u := os.Getenv("KEYLEDGER_TEST_NATS_URL"); u != "" {
-		return u
-	}
-	return nats.DefaultURL
-}
-
-// Connect opens a connection to url for t, closed when t ends; it fails t
-// with a hint when NATS is not there.
-func Connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
-	t.Helper()
-	nc, err := nats.Connect(url, append([]nats.Option{nats.Timeout(5 * time.Second)}, opts...)...)
-	if err != nil {
-		t.Fatalf("gatewaytest: connect to NATS at %s: %v\n%s", url, err, natsHint)
-	}
-	t.Cleanup(nc.Close)
-	return nc
-}
-
-// Random returns n random hex characters, for names of streams and subjects.
-func Random(n int) string {
-	b := make([]byte, (n+1)/2)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)[:n]
-}
 
 // VerifyHook, if set, serves the service's /v1/verify requests in place of
 // the service; next is the real handler.
@@ -110,9 +78,9 @@ func New(t testing.TB) *Env {
 	}))
 	t.Cleanup(e.Service.Close)
 
-	suffix := Random(10)
+	suffix := natstest.Random(10)
 	e.Notices = notices.Config{Prefix: "t" + suffix, Stream: "T" + suffix}.WithDefaults()
-	e.NC = Connect(t, NATSURL())
+	e.NC = natstest.Connect(t, natstest.URL())
 	js, err := jetstream.New(e.NC)
 	if err != nil {
 		t.Fatal(err)
@@ -122,7 +90,7 @@ func New(t testing.TB) *Env {
 	defer cancel()
 	e.Stream, err = notices.EnsureStream(ctx, js, e.Notices)
 	if err != nil {
-		t.Fatalf("gatewaytest: %v\n%s", err, natsHint)
+		t.Fatalf("gatewaytest: %v\n%s", err, natstest.Hint)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
