@@ -9,9 +9,11 @@
 // fed by LISTEN/NOTIFY) and polls now and then besides.
 //
 // It is a watermill Router: a Subscriber over the ledger feeds a handler
-// that publishes with watermill-nats' JetStream publisher (NATSMarshaler
-// and TrackMsgId, which together set Nats-Msg-Id), behind the Retry and
-// Recoverer middlewares, with watermill's Prometheus router metrics.
+// that sends each event through a pipelined JetStream publisher (pipeline.go:
+// many events in flight at once, stored in order or not at all), behind the
+// Retry and Recoverer middlewares, with watermill's Prometheus router
+// metrics; the Subscriber waits at the end of each batch until JetStream has
+// stored all of it.
 //
 // watermill-sql's subscriber is not used to read the ledger, for two
 // reasons. It reads its own table layout and keeps its offsets with SELECT
@@ -36,7 +38,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	wmprom "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -140,6 +141,7 @@ func (r *Relay) lead(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer js.CleanupPublisher()
 	if err := r.ensureStream(ctx, js); err != nil {
 		return err
 	}
@@ -147,10 +149,7 @@ func (r *Relay) lead(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pub, err := r.publisher()
-	if err != nil {
-		return err
-	}
+	pipe := newPipeline(js, r.cfg.Notices.Stream)
 	logger := wmLogger(r.log)
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.PublishTimeout}, logger)
 	if err != nil {
@@ -168,10 +167,10 @@ func (r *Relay) lead(ctx context.Context) error {
 		middleware.Recoverer,
 	)
 	r.wm.AddPrometheusRouterMetrics(router)
-	sub := &ledgerSubscriber{relay: r, js: js, from: from}
+	sub := &ledgerSubscriber{relay: r, js: js, pipe: pipe, from: from}
 	router.AddConsumerHandler("relay", r.cfg.Notices.Stream, sub, func(msg *message.Message) error {
 		subject := r.cfg.Notices.Subject(msg.Metadata.Get(metaOrg), msg.Metadata.Get(metaType))
-		if err := pub.Publish(subject, msg); err != nil {
+		if err := pipe.Publish(subject, msg); err != nil {
 			r.metrics.publishErrors.Inc()
 			return err
 		}
@@ -188,7 +187,13 @@ func (r *Relay) lead(ctx context.Context) error {
 	return err
 }
 
-func jsOf(r *Relay) (jetstream.JetStream, error) { return jetstream.New(r.nc) }
+// jsOf is a JetStream context on the relay's connection whose asynchronous
+// publications fail after PublishTimeout, and of which a whole batch can be
+// in flight at once.
+func jsOf(r *Relay) (jetstream.JetStream, error) {
+	return jetstream.New(r.nc, jetstream.WithPublishAsyncTimeout(r.cfg.PublishTimeout),
+		jetstream.WithPublishAsyncMaxPending(r.cfg.Batch))
+}
 
 // ensureStream makes the stream, retrying while NATS is unreachable: the
 // relay must not give up the lead because NATS is down.
@@ -206,22 +211,6 @@ func (r *Relay) ensureStream(ctx context.Context, js jetstream.JetStream) error 
 			return ctx.Err()
 		}
 	}
-}
-
-// publisher is watermill-nats' JetStream publisher on the relay's
-// connection. NATSMarshaler is the marshaler that carries the message UUID
-// in a header, which TrackMsgId turns into Nats-Msg-Id; with the JSON or Gob
-// marshaler TrackMsgId would silently do nothing.
-func (r *Relay) publisher() (*wmnats.Publisher, error) {
-	return wmnats.NewPublisherWithNatsConn(r.nc, wmnats.PublisherPublishConfig{
-		Marshaler:         &wmnats.NATSMarshaler{},
-		SubjectCalculator: wmnats.DefaultSubjectCalculator,
-		JetStream: wmnats.JetStreamConfig{
-			TrackMsgId:     true,
-			ConnectOptions: []nats.JSOpt{nats.MaxWait(r.cfg.PublishTimeout)},
-			PublishOptions: []nats.PubOpt{nats.ExpectStream(r.cfg.Notices.Stream)},
-		},
-	}, wmLogger(r.log))
 }
 
 // wmLogger logs watermill's lifecycle chatter (handlers added, started) at

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 )
 
@@ -36,13 +37,11 @@ func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (i
 	if err != nil {
 		return 0, err
 	}
+	defer js.CleanupPublisher()
 	if err := r.ensureStream(ctx, js); err != nil {
 		return 0, err
 	}
-	pub, err := r.publisher()
-	if err != nil {
-		return 0, err
-	}
+	pipe := newPipeline(js, r.cfg.Notices.Stream)
 	cursor, err := r.cursorBefore(ctx, from)
 	if err != nil {
 		return 0, err
@@ -58,28 +57,22 @@ func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (i
 		if err != nil {
 			return done, fmt.Errorf("republish: %w", err)
 		}
-		fresh := 0
+		var old []domain.Event
 		for _, e := range events {
-			if e.Position > head {
-				fresh++
-				continue // committed after the start: the relay publishes it
-			}
-			msg, err := newMessage(e)
-			if err != nil {
-				return done, err
-			}
-			msg.UUID = e.ID + ".republished." + run
-			if err := pub.Publish(r.cfg.Notices.Subject(e.OrgID, e.Type), msg); err != nil {
-				return done, fmt.Errorf("republish event at position %d: %w", e.Position, err)
-			}
-			done++
-			if time.Since(last) >= time.Second {
-				last = time.Now()
-				progress(done, e.Position)
+			if e.Position <= head { // the relay publishes those committed after the start
+				old = append(old, e)
 			}
 		}
+		if err := r.republish(ctx, pipe, old, run); err != nil {
+			return done, err
+		}
+		done += len(old)
+		if time.Since(last) >= time.Second {
+			last = time.Now()
+			progress(done, cursor.Position)
+		}
 		cursor = next
-		if len(events) == r.cfg.Batch && fresh < len(events) {
+		if len(events) == r.cfg.Batch && len(old) > 0 {
 			continue
 		}
 		// A short batch ends the run only when nothing committed up to head
@@ -97,6 +90,37 @@ func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (i
 			return done, ctx.Err()
 		}
 	}
+}
+
+// republish publishes events through pipe under their republished ids, and
+// waits until JetStream has stored them all. A message refused for following
+// one of the relay's is sent again at once; any other failure ends the run.
+func (r *Relay) republish(ctx context.Context, pipe *pipeline, events []domain.Event, run string) error {
+	for len(events) > 0 {
+		var err error
+		for _, e := range events {
+			msg, merr := newMessage(e)
+			if merr != nil {
+				return merr
+			}
+			msg.UUID = e.ID + ".republished." + run
+			if err = pipe.Publish(r.cfg.Notices.Subject(e.OrgID, e.Type), msg); err != nil {
+				break
+			}
+		}
+		stored, serr := pipe.Settle(ctx, nil, nil)
+		events = events[stored:]
+		if err == nil && outOfTurn(serr) {
+			continue
+		}
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			return fmt.Errorf("republish event at position %d: %w", events[0].Position, err)
+		}
+	}
+	return nil
 }
 
 // leftUpTo reports whether a committed event at or below position head lies

@@ -27,16 +27,18 @@ const checkpointEvery = 200 * time.Millisecond
 const horizonRetry = time.Millisecond
 
 // ledgerSubscriber is a watermill Subscriber over the ledger, from a
-// cursor, in ledger order. It hands the router one message at a time and
-// sends the next only when that one is acknowledged, so publications keep
-// ledger order; a nacked message is sent again, never skipped. It
-// checkpoints when caught up and every checkpointEvery under load, and
-// between batches measures the lag and
-// sends the heartbeat; also while a publication waits (NATS is down), so
+// cursor, in ledger order. It hands the router one message at a time, the
+// next once the handler has sent that one through the pipeline; at the end of
+// each batch it settles the pipeline, and sends again, from the first event
+// not stored, until the whole batch is: an event is never skipped, and the
+// stream keeps ledger order. It checkpoints when caught up and every
+// checkpointEvery under load, and between batches measures the lag and sends
+// the heartbeat; also while a batch waits for JetStream (NATS is down), so
 // that the lag gauges show the outage.
 type ledgerSubscriber struct {
 	relay     *Relay
 	js        jetstream.JetStream
+	pipe      *pipeline
 	from      eventstore.Cursor
 	cursor    eventstore.Cursor // where the batch being published starts
 	lastCheck time.Time
@@ -86,10 +88,8 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 			continue
 		}
 		s.cursor = cursor
-		for _, e := range events {
-			if !s.deliver(ctx, out, e, beat.C) {
-				return
-			}
+		if !s.publish(ctx, out, events, beat.C) {
+			return
 		}
 		if len(events) > 0 {
 			cursor = next
@@ -135,34 +135,36 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 	}
 }
 
-// deliver hands one event to the router until it is acknowledged; beat is
-// the heartbeat ticker's channel.
-func (s *ledgerSubscriber) deliver(ctx context.Context, out chan<- *message.Message, e domain.Event, beat <-chan time.Time) bool {
+// publish hands events to the router, one at a time, and settles the
+// pipeline, until JetStream has stored them all; beat is the heartbeat
+// ticker's channel. It returns false if ctx ends first.
+func (s *ledgerSubscriber) publish(ctx context.Context, out chan<- *message.Message, events []domain.Event, beat <-chan time.Time) bool {
 	r := s.relay
-	for attempt := 0; ; attempt++ {
-		msg, err := newMessage(e)
-		if err != nil { // cannot happen for an event the store decoded
-			r.log.Error("relay: cannot encode an event", "id", e.ID, "err", err)
+	for attempt := 0; len(events) > 0; {
+		sent, ok := s.send(ctx, out, events)
+		if !ok {
 			return false
 		}
-		msg.SetContext(ctx)
-		select {
-		case out <- msg:
-		case <-ctx.Done():
+		stored, err := s.pipe.Settle(ctx, beat, func() { s.checkLagNow(ctx) })
+		if ctx.Err() != nil {
 			return false
 		}
-		if !s.await(ctx, msg, beat) {
-			return false
+		if stored > 0 {
+			events, attempt = events[stored:], 0
 		}
-		select {
-		case <-msg.Acked():
+		if len(events) == 0 {
 			return true
-		default:
 		}
-		r.log.Warn("relay: publication failed; trying again", "id", e.ID, "position", e.Position, "attempt", attempt+1)
+		if stored < sent && outOfTurn(err) {
+			continue // another publisher stored a message between two of ours
+		}
+		r.metrics.publishErrors.Inc()
+		r.log.Warn("relay: publication failed; trying again", "id", events[0].ID, "position", events[0].Position,
+			"attempt", attempt+1, "err", err)
 		if !sleep(ctx, backoff(attempt)) {
 			return false
 		}
+		attempt++
 		// The stream may have been deleted (a lost NATS server, an
 		// operator): make it again before the next attempt. Followers of
 		// the old one see the new one's creation time in the heartbeat
@@ -171,31 +173,49 @@ func (s *ledgerSubscriber) deliver(ctx context.Context, out chan<- *message.Mess
 			return false
 		}
 	}
+	return true
 }
 
-// await waits until msg is acked or nacked, measuring the lag every
-// Heartbeat meanwhile (the events of the batch count as not published: a
-// slight overstatement). It returns false if ctx ends first.
-func (s *ledgerSubscriber) await(ctx context.Context, msg *message.Message, beat <-chan time.Time) bool {
-	for {
+// send hands events to the router one at a time, each once the handler has
+// sent the one before, and stops at the first that the handler could not
+// send (its retries spent). It reports how many it sent, and false if ctx
+// ended first.
+func (s *ledgerSubscriber) send(ctx context.Context, out chan<- *message.Message, events []domain.Event) (int, bool) {
+	for i, e := range events {
+		msg, err := newMessage(e)
+		if err != nil { // cannot happen for an event the store decoded
+			s.relay.log.Error("relay: cannot encode an event", "id", e.ID, "err", err)
+			return i, false
+		}
+		msg.SetContext(ctx)
+		select {
+		case out <- msg:
+		case <-ctx.Done():
+			return i, false
+		}
 		select {
 		case <-msg.Acked():
-			return true
 		case <-msg.Nacked():
-			return true
+			return i, true
 		case <-ctx.Done():
-			return false
-		case <-beat:
-			if time.Since(s.lastCheck) >= s.relay.cfg.Heartbeat {
-				s.checkLag(ctx, s.cursor)
-			}
+			return i, false
 		}
 	}
+	return len(events), true
 }
 
 func backoff(attempt int) time.Duration {
 	d := 100 * time.Millisecond << min(attempt, 5)
 	return min(d, 3*time.Second)
+}
+
+// checkLagNow is checkLag from the start of the batch being published, at
+// most once per Heartbeat: the events of the batch count as not published
+// (a slight overstatement).
+func (s *ledgerSubscriber) checkLagNow(ctx context.Context) {
+	if time.Since(s.lastCheck) >= s.relay.cfg.Heartbeat {
+		s.checkLag(ctx, s.cursor)
+	}
 }
 
 // checkLag measures how far the stream is behind the ledger and, as the
