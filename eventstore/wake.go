@@ -2,11 +2,13 @@ package eventstore
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // CommitChannel is the LISTEN/NOTIFY channel on which appends are announced
@@ -20,18 +22,22 @@ const CommitChannel = "keyledger_events"
 // The NOTIFY is sent after COMMIT, from a goroutine of its own, and many
 // commits close together share one: a NOTIFY inside the appending
 // transaction would make Postgres take a database-wide lock at commit and
-// serialize every append's WAL flush behind it.
+// serialize every append's WAL flush behind it. Its payload is the store's
+// own random name, by which the store's LISTEN connection recognizes, and
+// ignores, the NOTIFYs it sent itself: its readers were woken at the commit,
+// and woken again they would read the ledger again for nothing.
 type commits struct {
 	mu      sync.Mutex
 	local   map[chan struct{}]struct{}
 	pending chan struct{}
+	self    string // the NOTIFY payload
 	// stopListening ends the LISTEN connection that wakes local for
 	// commits of other processes; nil while local is empty.
 	stopListening context.CancelFunc
 }
 
 func newCommits() *commits {
-	return &commits{local: map[chan struct{}]struct{}{}, pending: make(chan struct{}, 1)}
+	return &commits{local: map[chan struct{}]struct{}{}, pending: make(chan struct{}, 1), self: rand.Text()}
 }
 
 // signal wakes this process's readers at once and asks for one NOTIFY.
@@ -79,7 +85,7 @@ func (s *Store) RunNotifier(ctx context.Context, log *slog.Logger) {
 			}
 		}
 		last = time.Now()
-		if _, err := s.pool.Exec(ctx, `SELECT pg_notify($1, '')`, CommitChannel); err != nil && ctx.Err() == nil {
+		if _, err := s.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, CommitChannel, s.commits.self); err != nil && ctx.Err() == nil {
 			log.Warn("cannot announce committed events", "err", err)
 		}
 	}
@@ -121,7 +127,8 @@ func (s *Store) Wakeups(ctx context.Context, log *slog.Logger) <-chan struct{} {
 	return ch
 }
 
-// listen wakes the store's readers for every NOTIFY until ctx ends.
+// listen wakes the store's readers for every NOTIFY of another store until
+// ctx ends.
 func (s *Store) listen(ctx context.Context, log *slog.Logger) {
 	for ctx.Err() == nil {
 		conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
@@ -131,8 +138,8 @@ func (s *Store) listen(ctx context.Context, log *slog.Logger) {
 		if err == nil {
 			s.commits.wakeLocal() // something may have committed while not listening
 			for err == nil {
-				_, err = conn.WaitForNotification(ctx)
-				if err == nil {
+				var n *pgconn.Notification
+				if n, err = conn.WaitForNotification(ctx); err == nil && n.Payload != s.commits.self {
 					s.commits.wakeLocal()
 				}
 			}

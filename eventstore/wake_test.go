@@ -102,6 +102,43 @@ func TestWakeupsCrossProcessesThroughNotify(t *testing.T) {
 	}
 }
 
+// TestWakeupsIgnoreTheStoresOwnNotify: a reader of the appending store is
+// woken once per commit, at the commit, not again by the NOTIFY that
+// announces it to other processes; a reader on another pool still hears it.
+func TestWakeupsIgnoreTheStoresOwnNotify(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	writer := eventstore.New(pgtest.PoolFor(t, url, 4))
+	other := eventstore.New(pgtest.PoolFor(t, url, 4))
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	own, theirs := writer.Wakeups(ctx, quiet()), other.Wakeups(ctx, quiet())
+	requireWoken(t, own, "listening began")
+	requireWoken(t, theirs, "listening began")
+	notified := make(chan struct{})
+	go func() {
+		defer close(notified)
+		writer.RunNotifier(ctx, quiet())
+	}()
+	defer func() { cancel(); <-notified }()
+	for i := range 3 {
+		drain(own)
+		drain(theirs)
+		appendKey(t, writer, "org")
+		select {
+		case <-own:
+		default:
+			t.Fatal("no wake-up right after Append returned")
+		}
+		requireWoken(t, theirs, "append "+string(rune('1'+i))+", in the other store")
+		select {
+		case <-own:
+			t.Fatal("woken again by the store's own NOTIFY")
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
 // TestWakeupsStopWithTheirContext: the LISTEN connection is given back when
 // the context ends.
 func TestWakeupsStopWithTheirContext(t *testing.T) {
