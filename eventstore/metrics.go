@@ -22,9 +22,17 @@ func newGroupsSplit() prometheus.Counter {
 	})
 }
 
+// newNotifies counts the NOTIFYs sent to wake readers in other processes.
+func newNotifies() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keyledger_commit_notifies_total",
+		Help: "NOTIFYs sent to announce commits to readers in other processes (none while no other process listens).",
+	})
+}
+
 // Register adds the store's metrics to reg.
 func (s *Store) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{s.appendGroups, s.groupsSplit} {
+	for _, c := range []prometheus.Collector{s.appendGroups, s.groupsSplit, s.notifies} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

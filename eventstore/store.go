@@ -33,9 +33,11 @@ type Store struct {
 	commits *commits
 	appends *coalesce.Group[appendRequest, []domain.Event]
 	// appendGroups observes the appends of each committed transaction;
-	// groupsSplit counts the groups tried again one append at a time.
+	// groupsSplit counts the groups tried again one append at a time;
+	// notifies counts the NOTIFYs sent (wake.go).
 	appendGroups prometheus.Histogram
 	groupsSplit  prometheus.Counter
+	notifies     prometheus.Counter
 }
 
 var _ domain.EventStore = (*Store)(nil)
@@ -44,7 +46,7 @@ var _ domain.EventStore = (*Store)(nil)
 // appending transaction.
 func New(pool *pgxpool.Pool, inline ...Projector) *Store {
 	s := &Store{pool: pool, inline: inline, commits: newCommits(),
-		appendGroups: newAppendGroups(), groupsSplit: newGroupsSplit()}
+		appendGroups: newAppendGroups(), groupsSplit: newGroupsSplit(), notifies: newNotifies()}
 	s.appends = coalesce.New(appendWorkers(pool), maxAppendBatch, s.appendBatch)
 	return s
 }

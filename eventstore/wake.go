@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -31,6 +32,9 @@ type commits struct {
 	local   map[chan struct{}]struct{}
 	pending chan struct{}
 	self    string // the NOTIFY payload
+	// listenerPID is the backend of the store's LISTEN connection, 0 when
+	// it has none.
+	listenerPID atomic.Uint32
 	// stopListening ends the LISTEN connection that wakes local for
 	// commits of other processes; nil while local is empty.
 	stopListening context.CancelFunc
@@ -71,8 +75,17 @@ func poke(ch chan struct{}) {
 // second they cost Postgres more CPU than the relay's reads (the generate
 // benchmark ran 7 to 10% faster without them). A commit after a quiet spell
 // is announced at once.
+//
+// It sends none while no other session listens on CommitChannel, as when
+// this process is the only one (its own readers are woken at the commit):
+// that too was 4% of the generate benchmark. It looks for listeners in
+// pg_stat_activity at most once per listenersEvery, so a reader in a process
+// that has just begun to listen may wait that long, on top of the wake-up it
+// gets when it begins, before the NOTIFYs reach it; until then it still
+// polls.
 func (s *Store) RunNotifier(ctx context.Context, log *slog.Logger) {
-	var last time.Time
+	var last, looked time.Time
+	var others bool
 	for {
 		select {
 		case <-ctx.Done():
@@ -84,16 +97,47 @@ func (s *Store) RunNotifier(ctx context.Context, log *slog.Logger) {
 				return
 			}
 		}
+		if time.Since(looked) >= listenersEvery {
+			others, looked = s.othersListen(ctx, log), time.Now()
+		}
+		if !others {
+			continue
+		}
 		last = time.Now()
 		if _, err := s.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, CommitChannel, s.commits.self); err != nil && ctx.Err() == nil {
 			log.Warn("cannot announce committed events", "err", err)
+			continue
 		}
+		s.notifies.Inc()
 	}
 }
 
 // notifyEvery is the least time between two NOTIFYs of one process: what a
 // reader in another process may wait, at most, beyond the commit.
 const notifyEvery = 2 * time.Millisecond
+
+// listenersEvery is how often, at most, the notifier looks for sessions
+// listening on CommitChannel.
+const listenersEvery = time.Second
+
+// othersListen tells whether a session other than this store's own LISTEN
+// connection listens on CommitChannel (or might: a session of another role
+// whose last statement this one may not see). When it cannot tell, it says
+// yes.
+func (s *Store) othersListen(ctx context.Context, log *slog.Logger) bool {
+	var yes bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> $1
+		  AND query IN ($2, '<insufficient privilege>'))`,
+		s.commits.listenerPID.Load(), "LISTEN "+CommitChannel).Scan(&yes)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("cannot look for other processes listening for commits; announcing them anyway", "err", err)
+		}
+		return true
+	}
+	return yes
+}
 
 // Wakeups returns a channel that receives soon after events commit: at once
 // for appends made through this store, and through LISTEN for appends made
@@ -136,6 +180,7 @@ func (s *Store) listen(ctx context.Context, log *slog.Logger) {
 			_, err = conn.Exec(ctx, `LISTEN `+CommitChannel)
 		}
 		if err == nil {
+			s.commits.listenerPID.Store(conn.PgConn().PID())
 			s.commits.wakeLocal() // something may have committed while not listening
 			for err == nil {
 				var n *pgconn.Notification
@@ -144,6 +189,7 @@ func (s *Store) listen(ctx context.Context, log *slog.Logger) {
 				}
 			}
 		}
+		s.commits.listenerPID.Store(0)
 		if conn != nil {
 			closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = conn.Close(closeCtx)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keyledger/keyledger/domain"
@@ -135,6 +136,48 @@ func TestWakeupsIgnoreTheStoresOwnNotify(t *testing.T) {
 		case <-own:
 			t.Fatal("woken again by the store's own NOTIFY")
 		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// TestNotifierIsSilentWhileNoOtherProcessListens: a store whose readers are
+// the only ones listening sends no NOTIFY; once another process listens, its
+// readers are woken by the store's commits.
+func TestNotifierIsSilentWhileNoOtherProcessListens(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	writer := eventstore.New(pgtest.PoolFor(t, url, 4))
+	reg := prometheus.NewRegistry()
+	require.NoError(t, writer.Register(reg))
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	own := writer.Wakeups(ctx, quiet())
+	requireWoken(t, own, "listening began")
+	notified := make(chan struct{})
+	go func() {
+		defer close(notified)
+		writer.RunNotifier(ctx, quiet())
+	}()
+	defer func() { cancel(); <-notified }()
+	for range 3 {
+		appendKey(t, writer, "org")
+		requireWoken(t, own, "an append")
+	}
+	time.Sleep(300 * time.Millisecond)
+	require.Zero(t, counterValue(t, reg, "keyledger_commit_notifies_total"), "NOTIFYs sent with no other listener")
+
+	// Another process listens: within about a second the commits reach it.
+	theirs := eventstore.New(pgtest.PoolFor(t, url, 4)).Wakeups(ctx, quiet())
+	requireWoken(t, theirs, "listening began")
+	drain(theirs)
+	deadline := time.Now().Add(wakeBound)
+	for notified := false; !notified; {
+		require.True(t, time.Now().Before(deadline), "the other process was never woken by a NOTIFY")
+		appendKey(t, writer, "org")
+		select {
+		case <-theirs:
+			notified = counterValue(t, reg, "keyledger_commit_notifies_total") > 0
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
