@@ -121,15 +121,17 @@ const notifyEvery = 2 * time.Millisecond
 const listenersEvery = time.Second
 
 // othersListen tells whether a session other than this store's own LISTEN
-// connection listens on CommitChannel (or might: a session of another role
-// whose last statement this one may not see). When it cannot tell, it says
-// yes.
+// connection listens on CommitChannel, or might: a session named
+// listenerName (a store's LISTEN connection), one whose last statement was
+// the LISTEN (a store of an older version, another tool), or one whose
+// activity this session may not see (another role; track_activities off).
+// When it cannot tell, it says yes.
 func (s *Store) othersListen(ctx context.Context, log *slog.Logger) bool {
 	var yes bool
 	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
 		WHERE datname = current_database() AND pid <> $1
-		  AND query IN ($2, '<insufficient privilege>'))`,
-		s.commits.listenerPID.Load(), "LISTEN "+CommitChannel).Scan(&yes)
+		  AND (application_name = $2 OR query IN ($3, '<insufficient privilege>') OR state = 'disabled'))`,
+		s.commits.listenerPID.Load(), listenerName, "LISTEN "+CommitChannel).Scan(&yes)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn("cannot look for other processes listening for commits; announcing them anyway", "err", err)
@@ -138,6 +140,10 @@ func (s *Store) othersListen(ctx context.Context, log *slog.Logger) bool {
 	}
 	return yes
 }
+
+// listenerName is the application_name of a store's LISTEN connection, by
+// which the notifiers of other processes find it.
+const listenerName = "keyledger-listen"
 
 // Wakeups returns a channel that receives soon after events commit: at once
 // for appends made through this store, and through LISTEN for appends made
@@ -175,7 +181,12 @@ func (s *Store) Wakeups(ctx context.Context, log *slog.Logger) <-chan struct{} {
 // ctx ends.
 func (s *Store) listen(ctx context.Context, log *slog.Logger) {
 	for ctx.Err() == nil {
-		conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+		cfg := s.pool.Config().ConnConfig.Copy()
+		if cfg.RuntimeParams == nil {
+			cfg.RuntimeParams = map[string]string{}
+		}
+		cfg.RuntimeParams["application_name"] = listenerName
+		conn, err := pgx.ConnectConfig(ctx, cfg)
 		if err == nil {
 			_, err = conn.Exec(ctx, `LISTEN `+CommitChannel)
 		}

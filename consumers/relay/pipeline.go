@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
@@ -30,15 +31,31 @@ import (
 // before the expectation is checked, so a relay that starts again behind
 // what the stream holds goes through as before.
 //
+// Pipelining is for a stream of one replica, which is what keyledger makes.
+// On a replicated stream, nats-server (2.15) checks the expectation only as
+// each replica applies the message, and a refusal there is a write error
+// that stops the stream until its servers are repaired (seen with a 3-node
+// embedded cluster): one refused message would end every notice. So on a
+// replicated stream the pipeline sends one message
+// at a time, each once the one before is stored, as watermill-nats'
+// publisher does, without the header. It learns the replicas from the
+// stream's configuration (follow), read when the relay makes the stream and
+// at each heartbeat; a change takes effect at the next run.
+//
 // Messages are marshaled with watermill-nats' NATSMarshaler, as its
 // publisher would: the watermill metadata become headers.
 type pipeline struct {
 	js     jetstream.JetStream // with PublishAsyncTimeout set
 	stream string
+	// replicated is what follow last learned: the stream has more than one
+	// replica.
+	replicated atomic.Bool
 
 	mu      sync.Mutex
 	sent    []jetstream.PubAckFuture // since the last Settle, in order
 	lastID  string                   // Nats-Msg-Id of the last one sent
+	serial  bool                     // this run sends one message at a time
+	stored  int                      // by this run, if serial
 	marshal wmnats.NATSMarshaler
 }
 
@@ -48,10 +65,14 @@ func newPipeline(js jetstream.JetStream, stream string) *pipeline {
 	return &pipeline{js: js, stream: stream}
 }
 
+// follow takes note of the stream's configuration.
+func (p *pipeline) follow(cfg jetstream.StreamConfig) { p.replicated.Store(cfg.Replicas > 1) }
+
 // Publish sends messages to subject (watermill's topic) with Nats-Msg-Id =
-// the message UUID; it returns once they are sent, not stored. An error
-// means the message it names was not sent (nor any after it), as when NATS
-// is unreachable.
+// the message UUID; it returns once they are sent (on a replicated stream:
+// once they are stored). An error means the message it names was not sent
+// (nor any after it), as when NATS is unreachable, or on a replicated
+// stream not stored.
 func (p *pipeline) Publish(subject string, messages ...*message.Message) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -60,13 +81,25 @@ func (p *pipeline) Publish(subject string, messages ...*message.Message) error {
 		if err != nil {
 			return err
 		}
+		if len(p.sent) == 0 && p.stored == 0 { // a new run
+			p.serial = p.replicated.Load()
+		}
 		opts := []jetstream.PublishOpt{jetstream.WithMsgID(msg.UUID), jetstream.WithExpectStream(p.stream)}
-		if len(p.sent) > 0 {
+		if len(p.sent) > 0 && !p.serial {
 			opts = append(opts, jetstream.WithExpectLastMsgID(p.lastID))
 		}
 		f, err := p.js.PublishMsgAsync(m, opts...)
 		if err != nil {
 			return err
+		}
+		if p.serial {
+			select {
+			case <-f.Ok():
+				p.stored++
+				continue
+			case err := <-f.Err(): // it times out after PublishTimeout
+				return err
+			}
 		}
 		p.sent = append(p.sent, f)
 		p.lastID = msg.UUID
@@ -85,14 +118,26 @@ func (p *pipeline) Close() error { return nil }
 // onTick at each tick.
 func (p *pipeline) Settle(ctx context.Context, tick <-chan time.Time, onTick func()) (stored int, err error) {
 	p.mu.Lock()
-	sent := p.sent
-	p.sent = nil
+	sent, before := p.sent, p.stored
+	p.sent, p.stored = nil, 0
 	p.mu.Unlock()
+	defer func() { stored += before }()
 	stored = len(sent)
 	for i, f := range sent {
 		var ferr error
 	wait:
 		for {
+			// An answer already there is taken before a tick: each tick's
+			// work can take a while when NATS is down (a heartbeat waits
+			// up to PublishTimeout), and a random choice among ready cases
+			// would spend one per message.
+			select {
+			case <-f.Ok():
+				break wait
+			case ferr = <-f.Err():
+				break wait
+			default:
+			}
 			select {
 			case <-f.Ok():
 				break wait

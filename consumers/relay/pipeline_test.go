@@ -47,6 +47,23 @@ func storedIDs(t *testing.T, js jetstream.JetStream, stream string) []string {
 	return ids
 }
 
+// waitStored waits until the stream holds n messages.
+func waitStored(t *testing.T, js jetstream.JetStream, stream string, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s, err := js.Stream(ctx, stream)
+		cancel()
+		require.NoError(t, err)
+		if s.CachedInfo().State.Msgs >= n {
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "the stream holds %d messages, not %d", s.CachedInfo().State.Msgs, n)
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func settle(t *testing.T, p *pipeline) (int, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -88,7 +105,7 @@ func TestPipelineRefusesToInterleaveWithAnotherPublisher(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, p.Publish(subject, message.NewMessage("a", []byte("1")), message.NewMessage("b", []byte("2"))))
-	require.Eventually(t, func() bool { return len(storedIDs(t, js, p.stream)) == 2 }, 10*time.Second, 5*time.Millisecond)
+	waitStored(t, js, p.stream, 2)
 	_, err := js.Publish(ctx, subject, []byte("other"), jetstream.WithMsgID("x"))
 	require.NoError(t, err)
 	require.NoError(t, p.Publish(subject, message.NewMessage("c", []byte("3"))))
@@ -111,4 +128,26 @@ func TestPipelineRefusesToInterleaveWithAnotherPublisher(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 3, stored)
 	require.Equal(t, []string{"a", "b", "x", "c", "d"}, storedIDs(t, js, p.stream))
+}
+
+// On a replicated stream a refused expectation would stop the stream, so
+// there the pipeline sends one message at a time, without the header: a
+// message stored by another publisher in between does not stop the next.
+func TestPipelineSendsOneAtATimeToAReplicatedStream(t *testing.T) {
+	t.Parallel()
+	js, p, subject := pipelineStream(t)
+	p.follow(jetstream.StreamConfig{Replicas: 3}) // the test's stream has one; the pipeline goes by what it is told
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, p.Publish(subject, message.NewMessage("a", []byte("1"))))
+	require.Len(t, storedIDs(t, js, p.stream), 1, "stored when Publish returned")
+	_, err := js.Publish(ctx, subject, []byte("other"), jetstream.WithMsgID("x"))
+	require.NoError(t, err)
+	require.NoError(t, p.Publish(subject, message.NewMessage("b", []byte("2"))))
+	require.ErrorContains(t, p.Publish(subject, message.NewMessage("c", []byte(strings.Repeat("x", 500)))),
+		"message size exceeds maximum", "a message not stored is Publish's error")
+	stored, err := settle(t, p)
+	require.NoError(t, err)
+	require.Equal(t, 2, stored)
+	require.Equal(t, []string{"a", "x", "b"}, storedIDs(t, js, p.stream))
 }

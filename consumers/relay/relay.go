@@ -142,14 +142,14 @@ func (r *Relay) lead(ctx context.Context) error {
 		return err
 	}
 	defer js.CleanupPublisher()
-	if err := r.ensureStream(ctx, js); err != nil {
+	pipe := newPipeline(js, r.cfg.Notices.Stream)
+	if err := r.ensureStream(ctx, js, pipe); err != nil {
 		return err
 	}
 	from, err := r.checkpoint(ctx)
 	if err != nil {
 		return err
 	}
-	pipe := newPipeline(js, r.cfg.Notices.Stream)
 	logger := wmLogger(r.log)
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.PublishTimeout}, logger)
 	if err != nil {
@@ -195,14 +195,19 @@ func jsOf(r *Relay) (jetstream.JetStream, error) {
 		jetstream.WithPublishAsyncMaxPending(r.cfg.Batch))
 }
 
-// ensureStream makes the stream, retrying while NATS is unreachable: the
-// relay must not give up the lead because NATS is down.
-func (r *Relay) ensureStream(ctx context.Context, js jetstream.JetStream) error {
+// ensureStream makes the stream, retrying while NATS is unreachable (the
+// relay must not give up the lead because NATS is down), and tells pipe the
+// stream's configuration.
+func (r *Relay) ensureStream(ctx context.Context, js jetstream.JetStream, pipe *pipeline) error {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
-		_, err := notices.EnsureStream(cctx, js, r.cfg.Notices)
+		s, err := notices.EnsureStream(cctx, js, r.cfg.Notices)
 		cancel()
-		if err == nil || ctx.Err() != nil {
+		if err == nil {
+			pipe.follow(s.CachedInfo().Config)
+			return nil
+		}
+		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		r.metrics.publishErrors.Inc()
@@ -269,14 +274,16 @@ func (r *Relay) saveCheckpoint(ctx context.Context, c eventstore.Cursor) error {
 }
 
 // heartbeat tells followers that the stream holds, up to its last
-// sequence, every event committed before asOf.
-func (r *Relay) heartbeat(ctx context.Context, js jetstream.JetStream, asOf time.Time) error {
+// sequence, every event committed before asOf, and tells pipe the stream's
+// configuration as it read it.
+func (r *Relay) heartbeat(ctx context.Context, js jetstream.JetStream, pipe *pipeline, asOf time.Time) error {
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	defer cancel()
 	s, err := js.Stream(cctx, r.cfg.Notices.Stream)
 	if err != nil {
 		return err
 	}
+	pipe.follow(s.CachedInfo().Config)
 	lag := max(time.Since(asOf), 0)
 	body, err := json.Marshal(notices.Heartbeat{StreamSeq: s.CachedInfo().State.LastSeq, LagSeconds: lag.Seconds(),
 		StreamCreated: s.CachedInfo().Created})

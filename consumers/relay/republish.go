@@ -38,10 +38,10 @@ func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (i
 		return 0, err
 	}
 	defer js.CleanupPublisher()
-	if err := r.ensureStream(ctx, js); err != nil {
+	pipe := newPipeline(js, r.cfg.Notices.Stream)
+	if err := r.ensureStream(ctx, js, pipe); err != nil {
 		return 0, err
 	}
-	pipe := newPipeline(js, r.cfg.Notices.Stream)
 	cursor, err := r.cursorBefore(ctx, from)
 	if err != nil {
 		return 0, err
@@ -67,11 +67,11 @@ func (r *Relay) Republish(ctx context.Context, from int64, progress Progress) (i
 			return done, err
 		}
 		done += len(old)
-		if time.Since(last) >= time.Second {
-			last = time.Now()
-			progress(done, cursor.Position)
-		}
 		cursor = next
+		if time.Since(last) >= time.Second && len(old) > 0 {
+			last = time.Now()
+			progress(done, old[len(old)-1].Position)
+		}
 		if len(events) == r.cfg.Batch && len(old) > 0 {
 			continue
 		}

@@ -141,7 +141,7 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 func (s *ledgerSubscriber) publish(ctx context.Context, out chan<- *message.Message, events []domain.Event, beat <-chan time.Time) bool {
 	r := s.relay
 	for attempt := 0; len(events) > 0; {
-		sent, ok := s.send(ctx, out, events)
+		sent, ok := s.send(ctx, out, events, beat)
 		if !ok {
 			return false
 		}
@@ -158,7 +158,11 @@ func (s *ledgerSubscriber) publish(ctx context.Context, out chan<- *message.Mess
 		if stored < sent && outOfTurn(err) {
 			continue // another publisher stored a message between two of ours
 		}
-		r.metrics.publishErrors.Inc()
+		if stored < sent {
+			r.metrics.publishErrors.Inc() // the handler counts those it could not send
+		} else {
+			err = errNotSent
+		}
 		r.log.Warn("relay: publication failed; trying again", "id", events[0].ID, "position", events[0].Position,
 			"attempt", attempt+1, "err", err)
 		if !sleep(ctx, backoff(attempt)) {
@@ -169,18 +173,23 @@ func (s *ledgerSubscriber) publish(ctx context.Context, out chan<- *message.Mess
 		// operator): make it again before the next attempt. Followers of
 		// the old one see the new one's creation time in the heartbeat
 		// and start over.
-		if err := r.ensureStream(ctx, s.js); err != nil {
+		if err := r.ensureStream(ctx, s.js, s.pipe); err != nil {
 			return false
 		}
 	}
 	return true
 }
 
+// errNotSent is why an event was not published when the handler could not
+// send it: its own error is in the handler's log and metrics.
+var errNotSent = errors.New("the relay's handler could not send it (NATS unreachable?)")
+
 // send hands events to the router one at a time, each once the handler has
 // sent the one before, and stops at the first that the handler could not
 // send (its retries spent). It reports how many it sent, and false if ctx
-// ended first.
-func (s *ledgerSubscriber) send(ctx context.Context, out chan<- *message.Message, events []domain.Event) (int, bool) {
+// ended first. While it waits (on a replicated stream the handler waits
+// for each acknowledgement), it measures the lag at each beat.
+func (s *ledgerSubscriber) send(ctx context.Context, out chan<- *message.Message, events []domain.Event, beat <-chan time.Time) (int, bool) {
 	for i, e := range events {
 		msg, err := newMessage(e)
 		if err != nil { // cannot happen for an event the store decoded
@@ -193,12 +202,25 @@ func (s *ledgerSubscriber) send(ctx context.Context, out chan<- *message.Message
 		case <-ctx.Done():
 			return i, false
 		}
-		select {
-		case <-msg.Acked():
-		case <-msg.Nacked():
-			return i, true
-		case <-ctx.Done():
-			return i, false
+	wait:
+		for {
+			select { // an answer already there comes before a beat, as in Settle
+			case <-msg.Acked():
+				break wait
+			case <-msg.Nacked():
+				return i, true
+			default:
+			}
+			select {
+			case <-msg.Acked():
+				break wait
+			case <-msg.Nacked():
+				return i, true
+			case <-ctx.Done():
+				return i, false
+			case <-beat:
+				s.checkLagNow(ctx)
+			}
 		}
 	}
 	return len(events), true
@@ -239,7 +261,7 @@ func (s *ledgerSubscriber) checkLag(ctx context.Context, cursor eventstore.Curso
 	// The heartbeat vouches only for what had committed when Behind looked,
 	// so its lag runs from then (or from the oldest event not yet
 	// published) to the moment it is sent, not to the measurement.
-	if err := r.heartbeat(ctx, s.js, measured); err != nil && !errors.Is(err, context.Canceled) {
+	if err := r.heartbeat(ctx, s.js, s.pipe, measured); err != nil && !errors.Is(err, context.Canceled) {
 		r.log.Warn("relay: heartbeat not sent", "err", err)
 	}
 }
