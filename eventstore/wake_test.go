@@ -32,6 +32,28 @@ func drain(ch <-chan struct{}) {
 	}
 }
 
+// processes returns n stores on one new database, each on a pool of its
+// own, as n processes would have.
+func processes(t *testing.T, n int) []*eventstore.Store {
+	url := pgtest.NewDatabase(t)
+	stores := make([]*eventstore.Store, n)
+	for i := range stores {
+		stores[i] = eventstore.New(pgtest.PoolFor(t, url, 4))
+	}
+	return stores
+}
+
+// startNotifier runs s's notifier until the test ends.
+func startNotifier(t *testing.T, s *eventstore.Store) {
+	ctx, cancel := context.WithCancel(testContext(t))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.RunNotifier(ctx, quiet())
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 func requireWoken(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
 	select {
@@ -70,9 +92,8 @@ func TestWakeupsComeAtOnceForThisStoresAppends(t *testing.T) {
 // appending store, and only then.
 func TestWakeupsCrossProcessesThroughNotify(t *testing.T) {
 	t.Parallel()
-	url := pgtest.NewDatabase(t)
-	writer := eventstore.New(pgtest.PoolFor(t, url, 4))
-	reader := eventstore.New(pgtest.PoolFor(t, url, 4))
+	stores := processes(t, 2)
+	writer, reader := stores[0], stores[1]
 	ctx, cancel := context.WithCancel(testContext(t))
 	defer cancel()
 	ch := reader.Wakeups(ctx, quiet())
@@ -87,13 +108,7 @@ func TestWakeupsCrossProcessesThroughNotify(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 
-	nctx, stopNotifier := context.WithCancel(ctx)
-	notified := make(chan struct{})
-	go func() {
-		defer close(notified)
-		writer.RunNotifier(nctx, quiet())
-	}()
-	defer func() { stopNotifier(); <-notified }()
+	startNotifier(t, writer)
 	// The append above left a NOTIFY pending: the notifier sends it.
 	requireWoken(t, ch, "the notifier started with a commit pending")
 	for i := range 3 {
@@ -108,20 +123,14 @@ func TestWakeupsCrossProcessesThroughNotify(t *testing.T) {
 // announces it to other processes; a reader on another pool still hears it.
 func TestWakeupsIgnoreTheStoresOwnNotify(t *testing.T) {
 	t.Parallel()
-	url := pgtest.NewDatabase(t)
-	writer := eventstore.New(pgtest.PoolFor(t, url, 4))
-	other := eventstore.New(pgtest.PoolFor(t, url, 4))
+	stores := processes(t, 2)
+	writer, other := stores[0], stores[1]
 	ctx, cancel := context.WithCancel(testContext(t))
 	defer cancel()
 	own, theirs := writer.Wakeups(ctx, quiet()), other.Wakeups(ctx, quiet())
 	requireWoken(t, own, "listening began")
 	requireWoken(t, theirs, "listening began")
-	notified := make(chan struct{})
-	go func() {
-		defer close(notified)
-		writer.RunNotifier(ctx, quiet())
-	}()
-	defer func() { cancel(); <-notified }()
+	startNotifier(t, writer)
 	for i := range 3 {
 		drain(own)
 		drain(theirs)
@@ -145,20 +154,15 @@ func TestWakeupsIgnoreTheStoresOwnNotify(t *testing.T) {
 // readers are woken by the store's commits.
 func TestNotifierIsSilentWhileNoOtherProcessListens(t *testing.T) {
 	t.Parallel()
-	url := pgtest.NewDatabase(t)
-	writer := eventstore.New(pgtest.PoolFor(t, url, 4))
+	stores := processes(t, 2)
+	writer := stores[0]
 	reg := prometheus.NewRegistry()
 	require.NoError(t, writer.Register(reg))
 	ctx, cancel := context.WithCancel(testContext(t))
 	defer cancel()
 	own := writer.Wakeups(ctx, quiet())
 	requireWoken(t, own, "listening began")
-	notified := make(chan struct{})
-	go func() {
-		defer close(notified)
-		writer.RunNotifier(ctx, quiet())
-	}()
-	defer func() { cancel(); <-notified }()
+	startNotifier(t, writer)
 	for range 3 {
 		appendKey(t, writer, "org")
 		requireWoken(t, own, "an append")
@@ -167,7 +171,7 @@ func TestNotifierIsSilentWhileNoOtherProcessListens(t *testing.T) {
 	require.Zero(t, counterValue(t, reg, "keyledger_commit_notifies_total"), "NOTIFYs sent with no other listener")
 
 	// Another process listens: within about a second the commits reach it.
-	theirs := eventstore.New(pgtest.PoolFor(t, url, 4)).Wakeups(ctx, quiet())
+	theirs := stores[1].Wakeups(ctx, quiet())
 	requireWoken(t, theirs, "listening began")
 	drain(theirs)
 	deadline := time.Now().Add(wakeBound)
