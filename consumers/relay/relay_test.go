@@ -3,13 +3,17 @@ package relay_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keyledger/keyledger/consumers/notices"
@@ -457,4 +461,59 @@ func TestHeartbeatVouchesForWhatItMeasured(t *testing.T) {
 			t.Fatal("no heartbeat for the last sequence")
 		}
 	}
+}
+
+// TestRepublishWhileTheRelayPublishes: a Republish and the relay publish to
+// one stream at once, each message of a batch expecting the one its
+// publisher sent before; each refuses the other's messages as out of turn
+// and sends again, and in the end the stream holds the relay's copy of
+// every event once and the republished copies, each in ledger order.
+func TestRepublishWhileTheRelayPublishes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ru := b.startRelay(t, b.store, nil)
+	n := b.commands(t, b.ledger, 450) // over one batch (500 events) to republish
+	b.waitStreamMsgs(t, 60*time.Second, uint64(n))
+
+	ctx := testContext(t)
+	republished := make(chan int, 1)
+	go func() {
+		done, err := ru.relay.Republish(ctx, 0, nil)
+		assert.NoError(t, err)
+		republished <- done
+	}()
+	// Meanwhile commands from several goroutines, which commit in groups
+	// that the relay publishes in batches of several events.
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for range 30 {
+				_, err := b.ledger.GenerateKey(ctx, domain.GenerateKey{OrgID: fmt.Sprintf("org_%d", g), Name: "key", Actor: "test"}, "")
+				assert.NoError(t, err)
+			}
+		})
+	}
+	wg.Wait()
+	n += 8 * 30
+	var again int
+	select {
+	case again = <-republished:
+	case <-time.After(60 * time.Second):
+		t.Fatal("Republish did not finish")
+	}
+	ledger := b.ledgerOrder(t)
+	require.Len(t, ledger, n)
+	b.waitStreamMsgs(t, 30*time.Second, uint64(n+again))
+
+	var relayed, copies []*jetstream.RawStreamMsg
+	for _, m := range b.streamMessages(t) {
+		if strings.Contains(m.Header.Get(jetstream.MsgIDHeader), ".republished.") {
+			copies = append(copies, m)
+		} else {
+			relayed = append(relayed, m)
+		}
+	}
+	b.requireStreamIsLedger(t, ledger, relayed)
+	require.GreaterOrEqual(t, again, n-8*30, "Republish covers what had committed before it started")
+	b.requireStreamIsRepublished(t, ledger[:again], copies)
 }
