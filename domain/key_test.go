@@ -3,6 +3,7 @@ package domain
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -318,3 +319,41 @@ func (w wrapped) Error() string { return "context: " + w.err.Error() }
 func (w wrapped) Unwrap() error { return w.err }
 
 func wrap(err error) error { return wrapped{err} }
+
+// TestNewKeyIDIsUniqueAndOrderedByCreation protects key ids: well-formed,
+// never repeated, beginning with the creation time so that ids made later
+// sort after, byte by byte (as in the C collation) and case-insensitively
+// (as a language's collation compares letters first).
+func TestNewKeyIDIsUniqueAndOrderedByCreation(t *testing.T) {
+	t.Parallel()
+
+	const n = 10_000
+	seen := make(map[string]struct{}, n)
+	ids := make([]string, 0, n)
+	for range n {
+		id := NewKeyID()
+		require.True(t, ValidKeyID(id), id)
+		_, dup := seen[id]
+		require.False(t, dup, "duplicate key id %s", id)
+		seen[id] = struct{}{}
+		ids = append(ids, id)
+	}
+
+	prefix := func(id string) string { return id[:len(KeyIDPrefix)+keyIDTimeLen] }
+	for i := 1; i < n; i++ {
+		require.LessOrEqual(t, prefix(ids[i-1]), prefix(ids[i]), "ids made in order")
+	}
+	first := NewKeyID()
+	time.Sleep(2 * time.Millisecond)
+	later := NewKeyID()
+	require.Less(t, first, later)
+	require.Less(t, strings.ToLower(first), strings.ToLower(later))
+
+	// The time part is the creation time in milliseconds, in base 36.
+	before := time.Now().UnixMilli()
+	id := NewKeyID()
+	ms, err := strconv.ParseInt(id[len(KeyIDPrefix):len(KeyIDPrefix)+keyIDTimeLen], 36, 64)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, ms, before)
+	require.LessOrEqual(t, ms, time.Now().UnixMilli())
+}

@@ -185,7 +185,8 @@ func TestUnavailableLeavesOtherErrorsAlone(t *testing.T) {
 	require.Equal(t, domain.EUnavailable, domain.ErrorCode(eventstore.Unavailable(fatal)))
 	u, err := url.Parse(pgtest.NewDatabase(t))
 	require.NoError(t, err)
-	u.Path = "/no_such_database_" + strings.ToLower(domain.NewKeyID()[:8])
+	id := domain.NewKeyID() // its last characters are random
+	u.Path = "/no_such_database_" + strings.ToLower(id[len(id)-8:])
 	_, err = pgx.Connect(context.Background(), u.String())
 	require.Error(t, err)
 	require.Equal(t, domain.EUnavailable, domain.ErrorCode(eventstore.Unavailable(err)), "%v", err)
