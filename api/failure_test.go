@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,6 +108,21 @@ func (p *proxy) cut() {
 	p.conns = nil
 }
 
+// metric reads an unlabelled metric's value from /metrics; -1 if absent.
+func (b *bundle) metric(t testing.TB, name string) float64 {
+	t.Helper()
+	res := b.do(t, http.MethodGet, "/metrics", "")
+	require.Equal(t, http.StatusOK, res.Status)
+	for _, line := range strings.Split(string(res.Body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err, line)
+			return f
+		}
+	}
+	return -1
+}
+
 // tableCounts counts the rows of the tables a generate writes.
 func (b *bundle) tableCounts(t testing.TB) map[string]int {
 	t.Helper()
@@ -143,7 +159,11 @@ func TestPostgresGoneMidGenerateAnswers503AndWritesNothing(t *testing.T) {
 		done <- result{res, err}
 	}()
 
-	// Wait until the generate is blocked on the lock, with its event inserted.
+	// Wait until the generate is blocked on the lock, with its event
+	// inserted, in a transaction that has not sent COMMIT: the one it runs
+	// again once its one-round-trip transaction, which commits without
+	// waiting to hear from the service again, has waited on the lock for as
+	// long as it may (20 ms) and rolled back.
 	var dbName string
 	require.NoError(t, locker.QueryRow(ctx, `SELECT current_database()`).Scan(&dbName))
 	blocked := func() bool {
@@ -152,7 +172,9 @@ func TestPostgresGoneMidGenerateAnswers503AndWritesNothing(t *testing.T) {
 			WHERE datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO key_list%'`, dbName).Scan(&n))
 		return n == 1
 	}
-	eventually(t, "the generate to block on the key list", blocked)
+	eventually(t, "the generate to block on the key list in a transaction of its own", func() bool {
+		return b.metric(t, "keyledger_append_lock_waits_total") == 1 && blocked()
+	})
 
 	b.proxy.cut()
 	var r result

@@ -94,6 +94,8 @@ func setup(t *testing.T, opts ...option) *bundle {
 		pool = pgtest.PoolFor(t, b.proxy.url(b.dbURL), cfg.conns)
 	}
 	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
+	reg := prometheus.NewRegistry()
+	require.NoError(t, store.Register(reg))
 	views := projections.NewViews(pool)
 	ready := map[string]api.Check{"database": pool.Ping}
 	for name, check := range cfg.extraReady {
@@ -118,7 +120,7 @@ func setup(t *testing.T, opts ...option) *bundle {
 		KeyPrefix:  keyPrefix,
 		Now:        b.clock.Now,
 		Logger:     slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Registry:   prometheus.NewRegistry(),
+		Registry:   reg,
 		Ready:      ready,
 	})
 	b.srv = httptest.NewServer(server)

@@ -13,8 +13,9 @@ import (
 
 // Postgres error codes that keyledger reads.
 const (
-	codeUniqueViolation = "23505"
-	codeVersionMismatch = "KL409" // raised by expect_stream_version (migration 00003)
+	codeUniqueViolation  = "23505"
+	codeVersionMismatch  = "KL409" // raised by expect_stream_version (migration 00003)
+	codeLockNotAvailable = "55P03" // a lock wait outlasted lock_timeout
 )
 
 // Unavailable translates a driver error that means Postgres cannot be reached
@@ -44,7 +45,7 @@ func Unavailable(err error) error {
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) || pgconn.Timeout(err) ||
-		errors.Is(err, context.DeadlineExceeded) || pgconn.SafeToRetry(err) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || pgconn.SafeToRetry(err) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		return wrapUnavailable(err)
 	}

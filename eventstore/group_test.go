@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
@@ -162,4 +163,60 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("%s not registered", name)
 	return 0
+}
+
+// lockProbe is a projector whose statement takes an advisory lock for its
+// transaction, so that a test holding that lock stalls appends after their
+// events are inserted and their positions read.
+type lockProbe struct{}
+
+const lockProbeKey = 4242
+
+func (lockProbe) Queue(b *pgx.Batch, _ []domain.Event) error {
+	b.Queue(`SELECT pg_advisory_xact_lock($1)`, lockProbeKey)
+	return nil
+}
+
+// TestAnAppendThatWaitsOnALockRunsAgainInATransactionOfItsOwn: a group whose
+// one-round-trip transaction waits on a lock for as long as it may rolls
+// back and runs again with BEGIN and COMMIT of its own, where it waits for
+// the lock as long as it takes, then commits: once, with the positions the
+// table gave its events in that transaction, not the rolled-back one.
+func TestAnAppendThatWaitsOnALockRunsAgainInATransactionOfItsOwn(t *testing.T) {
+	t.Parallel()
+	b := setup(t, lockProbe{})
+	ctx := testContext(t)
+	reg := prometheus.NewRegistry()
+	require.NoError(t, b.store.Register(reg))
+	e := generated("org-a", domain.NewKeyID(), time.Now())
+	tx := begin(t, b.pool)
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockProbeKey)
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	var out []domain.Event
+	go func() {
+		var err error
+		out, err = b.store.Append(ctx, 0, []domain.Event{e}, nil)
+		done <- err
+	}()
+	waitFor(t, "the append to wait on the lock again, in a transaction of its own", func() bool {
+		var n int
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
+		return n > 0 && counterValue(t, reg, "keyledger_append_lock_waits_total") == 1
+	})
+	time.Sleep(100 * time.Millisecond) // well past the one-round-trip transaction's lock timeout
+	select {
+	case err := <-done:
+		t.Fatalf("the append gave up waiting on the lock: %v", err)
+	default:
+	}
+	require.NoError(t, tx.Rollback(ctx))
+	require.NoError(t, <-done)
+	require.Equal(t, 1.0, counterValue(t, reg, "keyledger_append_lock_waits_total"))
+	rows := readLedger(t, b.pool)
+	require.Len(t, rows, 1)
+	require.Equal(t, e.ID, rows[0].id)
+	require.Len(t, out, 1)
+	require.Equal(t, rows[0].position, out[0].Position, "the position of the rolled-back attempt")
 }

@@ -22,6 +22,16 @@ func newGroupsSplit() prometheus.Counter {
 	})
 }
 
+// newLockWaits counts the groups of appends that waited on a lock for
+// longer than a one-round-trip transaction may, and ran again as an explicit
+// transaction (see Store.commitAppends).
+func newLockWaits() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keyledger_append_lock_waits_total",
+		Help: "Groups of appends that waited on a lock for over 20 ms and ran again as an explicit transaction (BEGIN, then COMMIT once the statements succeeded).",
+	})
+}
+
 // newNotifies counts the NOTIFYs sent to wake readers in other processes.
 func newNotifies() prometheus.Counter {
 	return prometheus.NewCounter(prometheus.CounterOpts{
@@ -32,7 +42,7 @@ func newNotifies() prometheus.Counter {
 
 // Register adds the store's metrics to reg.
 func (s *Store) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{s.appendGroups, s.groupsSplit, s.notifies} {
+	for _, c := range []prometheus.Collector{s.appendGroups, s.groupsSplit, s.lockWaits, s.notifies} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package eventstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
@@ -77,8 +78,9 @@ func (sleepingProjector) Queue(b *pgx.Batch, _ []domain.Event) error {
 
 // TestAppendCancelledMidwayWritesNothing: an append whose context is
 // cancelled while its transaction is open (after its inserts, or while its
-// insert waits on a lock) returns promptly with an error and leaves no event,
-// no idempotency record and no lock behind.
+// insert waits on a lock) returns promptly with an error, after Postgres has
+// cancelled its transaction, and leaves no event, no idempotency record and
+// no lock behind, even once the lock it waited on is released.
 func TestAppendCancelledMidwayWritesNothing(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -120,13 +122,14 @@ func TestAppendCancelledMidwayWritesNothing(t *testing.T) {
 
 			// Wait until the append is stuck midway, in its sleep or its
 			// lock wait, with its transaction open.
-			waitFor(t, "the append to stall midway", func() bool {
+			stalled := func() int {
 				var n int
 				require.NoError(t, b.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
 					WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
 					AND (query LIKE '%pg_sleep%' OR wait_event_type = 'Lock')`).Scan(&n))
-				return n > 0
-			})
+				return n
+			}
+			waitFor(t, "the append to stall midway", func() bool { return stalled() > 0 })
 			cancel()
 			select {
 			case err := <-done:
@@ -136,6 +139,10 @@ func TestAppendCancelledMidwayWritesNothing(t *testing.T) {
 			case <-time.After(15 * time.Second):
 				t.Fatal("a cancelled append did not return")
 			}
+			// Postgres was asked to cancel it, and the append returned
+			// once its transaction had ended: nothing of it still runs,
+			// though the lock it waited on is still held.
+			require.Zero(t, stalled(), "the cancelled append still runs in Postgres after it returned")
 			// Let go of the lock (if any), and wait until the cancelled
 			// append's session has finished whatever it still had queued:
 			// an append that reported failure must not commit afterwards.
@@ -170,6 +177,9 @@ func TestUnavailableLeavesOtherErrorsAlone(t *testing.T) {
 	plain := errors.New("boom")
 	require.Equal(t, plain, eventstore.Unavailable(plain))
 	require.Equal(t, domain.EUnavailable, domain.ErrorCode(eventstore.Unavailable(context.DeadlineExceeded)))
+	// So is a command whose callers have all gone: nobody hears its answer,
+	// but the logs and the metrics count it as an outage, not a bug.
+	require.Equal(t, domain.EUnavailable, domain.ErrorCode(eventstore.Unavailable(fmt.Errorf("append: %w", context.Canceled))))
 
 	// A real SQL error is not an outage.
 	pool := pgtest.NewPool(t)
