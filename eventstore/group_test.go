@@ -220,3 +220,44 @@ func TestAnAppendThatWaitsOnALockRunsAgainInATransactionOfItsOwn(t *testing.T) {
 	require.Len(t, out, 1)
 	require.Equal(t, rows[0].position, out[0].Position, "the position of the rolled-back attempt")
 }
+
+// refusingProjector fails to queue the statements of one key's events, as a
+// projector does with an event it cannot read.
+type refusingProjector struct{ keyID string }
+
+func (p refusingProjector) Queue(_ *pgx.Batch, events []domain.Event) error {
+	for _, e := range events {
+		if e.KeyID == p.keyID {
+			return errors.New("cannot project " + e.KeyID)
+		}
+	}
+	return nil
+}
+
+// TestAnAppendThatCannotBeEncodedFailsOnlyItself: a group whose batch cannot
+// be built because of one append (nothing was sent) is tried again one
+// append at a time, so that only that append fails.
+func TestAnAppendThatCannotBeEncodedFailsOnlyItself(t *testing.T) {
+	t.Parallel()
+	bad := domain.NewKeyID()
+	pool := pgtest.PoolFor(t, pgtest.NewDatabase(t), 4)
+	b := bundle{pool: pool, store: eventstore.New(pool, refusingProjector{bad})}
+	reg := prometheus.NewRegistry()
+	require.NoError(t, b.store.Register(reg))
+	ctx := testContext(t)
+	var calls []func() ([]domain.Event, error)
+	for range 8 {
+		e := generated("org-a", domain.NewKeyID(), time.Now())
+		calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, 0, []domain.Event{e}, nil) })
+	}
+	e := generated("org-a", bad, time.Now())
+	calls = append(calls, func() ([]domain.Event, error) { return b.store.Append(ctx, 0, []domain.Event{e}, nil) })
+	_, _, errs := queueBehindAStalledAppend(t, b, calls)
+
+	require.GreaterOrEqual(t, counterValue(t, reg, "keyledger_append_groups_split_total"), 1.0)
+	for i := range 8 {
+		require.NoError(t, errs[i], "append %d, which could be encoded, failed", i)
+	}
+	require.ErrorContains(t, errs[8], "cannot project "+bad)
+	require.Equal(t, 1+8, countEvents(t, pool))
+}

@@ -190,14 +190,14 @@ func (s *Store) commitAppends(ctx context.Context, reqs []appendRequest) ([][]do
 	}
 	fast, err := s.appendStatements(reqs, all, true)
 	if err != nil {
-		return nil, err
+		return nil, unsentError{err}
 	}
 	err = sendAsOneTransaction(ctx, s.pool, fast)
 	if isLockTimeout(err) && ctx.Err() == nil {
 		s.lockWaits.Inc()
 		explicit, berr := s.appendStatements(reqs, all, false)
 		if berr != nil {
-			return nil, berr
+			return nil, unsentError{berr}
 		}
 		err = sendAndCommit(ctx, s.pool, explicit)
 	}
@@ -245,17 +245,26 @@ func isLockTimeout(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == codeLockNotAvailable
 }
 
-// refused tells whether err is Postgres refusing a statement (a conflict, a
-// bad value), which rolled back the whole transaction, as opposed to
-// Postgres out of reach, or an error in this process; after the batch of a
-// one-round-trip transaction has gone out, such an error does not stop
-// Postgres from committing it, and trying its appends again would fail them
-// (or append them twice).
+// refused tells whether a group's transaction failed for one of its appends:
+// Postgres refused a statement (a conflict, a bad value), which rolled back
+// the whole transaction, or an append could not be encoded, and nothing was
+// sent. Any other error (Postgres out of reach, an error in this process
+// while reading the results) is not one append's doing; and after the batch
+// of a one-round-trip transaction has gone out, an error in this process
+// does not stop Postgres from committing it, so that trying its appends
+// again would fail them (or append them twice).
 func refused(err error) bool {
 	var pgErr *pgconn.PgError
 	var u unavailableError
-	return errors.As(err, &pgErr) && !errors.As(Unavailable(err), &u)
+	var unsent unsentError
+	return errors.As(err, &unsent) || errors.As(err, &pgErr) && !errors.As(Unavailable(err), &u)
 }
+
+// unsentError is an error met while building a group's batch, before
+// anything was sent.
+type unsentError struct{ error }
+
+func (e unsentError) Unwrap() error { return e.error }
 
 // cancelWait bounds how long a batch whose callers have all gone waits for
 // Postgres to answer the requests to cancel it.
