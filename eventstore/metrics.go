@@ -28,7 +28,8 @@ func newGroupsSplit() prometheus.Counter {
 func newLockWaits() prometheus.Counter {
 	return prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keyledger_append_lock_waits_total",
-		Help: "Groups of appends that waited on a lock for over 20 ms and ran again as an explicit transaction (BEGIN, then COMMIT once the statements succeeded).",
+		Help: "Groups of appends that waited on a lock for over " + fastLockTimeout.String() +
+			" and ran again as an explicit transaction (BEGIN, then COMMIT once the statements succeeded).",
 	})
 }
 

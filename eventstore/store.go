@@ -285,15 +285,26 @@ const cancelWait = time.Second
 // cancelled, unless it was about to commit; then its callers (gone) hear
 // success, as they would had they gone during a COMMIT.
 func sendAsOneTransaction(ctx context.Context, pool *pgxpool.Pool, b *pgx.Batch) error {
-	conn, err := pool.Acquire(ctx)
+	conn, err := acquire(ctx, pool)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	if err := ctx.Err(); err != nil { // every caller has gone: send nothing
-		return err
-	}
 	return exchange(ctx, conn, b)
+}
+
+// acquire takes a connection of pool for a batch, unless ctx has ended
+// (every caller has gone): then it sends nothing.
+func acquire(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		conn.Release()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // sendAndCommit sends b, which begins a transaction, reads its results to
@@ -302,14 +313,11 @@ func sendAsOneTransaction(ctx context.Context, pool *pgxpool.Pool, b *pgx.Batch)
 // what it hears COMMIT for: a batch that stalled (on a lock) and lost its
 // connection meanwhile rolls back when it finds its client gone.
 func sendAndCommit(ctx context.Context, pool *pgxpool.Pool, b *pgx.Batch) error {
-	conn, err := pool.Acquire(ctx)
+	conn, err := acquire(ctx, pool)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	err = exchange(ctx, conn, b)
 	if err == nil {
 		err = ctx.Err()
