@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/keyledger/keyledger/domain"
 )
@@ -37,12 +38,13 @@ func (s *Store) TailRaw(ctx context.Context, after Cursor, limit int) ([]RawEven
 // tail reads up to limit committed events after the cursor, in ledger
 // order, below the xid8 horizon, that also meet cond ($4 is arg, if any).
 func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, arg ...any) ([]RawEvent, Cursor, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM events e WHERE `+cond+belowHorizon+`
-		ORDER BY e.transaction_id, e.position LIMIT $3`, append([]any{strconv.FormatUint(after.Xid, 10), after.Position, limit}, arg...)...)
-	if err != nil {
-		return nil, after, fmt.Errorf("tail: %w", Unavailable(err))
-	}
-	events, err := ScanRawEvents(rows)
+	var events []RawEvent
+	err := queryGeneric(ctx, s.pool, `SELECT `+eventColumns+` FROM events e WHERE `+cond+belowHorizon+`
+		ORDER BY e.transaction_id, e.position LIMIT $3`, append([]any{strconv.FormatUint(after.Xid, 10), after.Position, limit}, arg...),
+		func(rows pgx.Rows) (err error) {
+			events, err = ScanRawEvents(rows)
+			return err
+		})
 	if err != nil {
 		return nil, after, fmt.Errorf("tail: %w", Unavailable(err))
 	}
@@ -50,6 +52,26 @@ func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, 
 		return nil, after, nil
 	}
 	return events, events[len(events)-1].Cursor, nil
+}
+
+// queryGeneric runs a reader's statement with its generic plan, in one
+// round trip, and hands its rows to scan.
+//
+// Readers of the ledger's end (Tail, Behind) run hundreds of times a second
+// under load, each from a cursor among the newest events. Postgres would
+// plan each run afresh: the plan for the cursor's values is estimated
+// cheaper than the plan for any values (few rows lie past the end), though
+// both are the same index scan, and planning cost more than running: about
+// 90 µs against 30 µs for a tail of 16 events, quiet. Measured through pgx
+// with appends going on, a tail of 16 events took 300 to 320 µs planned
+// each time and 180 to 200 µs with the generic plan. So the statement runs
+// in an implicit transaction whose first statement sets plan_cache_mode for
+// that transaction alone; the connection goes back to the pool as it was.
+func queryGeneric(ctx context.Context, pool *pgxpool.Pool, sql string, args []any, scan func(pgx.Rows) error) error {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`)
+	b.Queue(sql, args...).Query(scan)
+	return pool.SendBatch(ctx, b).Close()
 }
 
 // RawEventColumns are the columns ScanRawEvents reads, in its order, from a

@@ -409,3 +409,46 @@ func TestTailOrdersByTransactionIDNumerically(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, raw[0].ID, org[0].ID)
 }
+
+// TestTailRunsItsGenericPlanWithoutChangingTheConnection: Tail and Behind
+// set plan_cache_mode for their own implicit transaction only; the pooled
+// connection they ran on (the pool's only one) plans as before afterwards,
+// and the readers still answer right.
+func TestTailRunsItsGenericPlanWithoutChangingTheConnection(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	pool := pgtest.PoolFor(t, url, 1)
+	store := eventstore.New(pool)
+	ctx := testContext(t)
+
+	var before string
+	require.NoError(t, pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&before))
+	var want []string
+	for range 3 {
+		want = append(want, appendKey(t, store, "org-a").ID)
+	}
+	// Past the five runs after which Postgres may settle on a plan. A
+	// transaction of another test, open on the server, can hold the
+	// horizon for a while: a tail then finds only the events before it.
+	full := 0
+	waitFor(t, "seven tails of every event", func() bool {
+		events, _, err := store.Tail(ctx, eventstore.Cursor{}, 100)
+		require.NoError(t, err)
+		got := []string{}
+		for _, e := range events {
+			got = append(got, e.ID)
+		}
+		require.Equal(t, want[:len(got)], got)
+		if len(got) == len(want) {
+			full++
+		}
+		n, _, err := store.Behind(ctx, eventstore.Cursor{}, 100)
+		require.NoError(t, err)
+		require.Equal(t, 3, n)
+		return full >= 7
+	})
+	var after string
+	require.NoError(t, pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&after))
+	require.Equal(t, before, after)
+	require.NotEqual(t, "force_generic_plan", after)
+}
