@@ -25,7 +25,7 @@
 // section 9 rules out. And it wakes only by polling (watermill #126), where
 // the relay must wake on commit. The Subscriber here reads with
 // eventstore.Tail, holds no transaction between reads, and checkpoints what
-// it has published when it catches up, and every 200 ms under load.
+// it has published every 200 ms at most.
 package relay
 
 import (
