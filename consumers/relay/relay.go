@@ -11,7 +11,7 @@
 // It is a watermill Router: a Subscriber over the ledger feeds a handler
 // that sends each event through a pipelined JetStream publisher (pipeline.go:
 // many events in flight at once, stored in order or not at all), behind the
-// Retry and Recoverer middlewares, with watermill's Prometheus router
+// Retry and Recoverer middlewares, with watermill's Prometheus handler
 // metrics; the Subscriber waits at the end of each batch until JetStream has
 // stored all of it.
 //
@@ -166,7 +166,11 @@ func (r *Relay) lead(ctx context.Context) error {
 		}.Middleware,
 		middleware.Recoverer,
 	)
-	r.wm.AddPrometheusRouterMetrics(router)
+	// watermill's handler metrics, not its subscriber decorator: that one
+	// hands each message on through a goroutine of its own and starts
+	// another per message to wait for its acknowledgement, for a count that
+	// keyledger_relay_published_total keeps already.
+	router.AddMiddleware(r.wm.NewRouterMiddleware().Middleware)
 	sub := &ledgerSubscriber{relay: r, js: js, pipe: pipe, from: from}
 	router.AddConsumerHandler("relay", r.cfg.Notices.Stream, sub, func(msg *message.Message) error {
 		subject := r.cfg.Notices.Subject(msg.Metadata.Get(metaOrg), msg.Metadata.Get(metaType))
