@@ -55,9 +55,11 @@ func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, 
 }
 
 // queryGeneric runs a reader's statement with its generic plan, in one
-// round trip, and hands its rows to scan.
+// round trip (two the first time a connection prepares it), and hands its
+// rows to scan.
 //
-// Readers of the ledger's end (Tail, Behind) run hundreds of times a second
+// Readers of the ledger's end (Tail, TailRaw, OrgEvents, Behind) run
+// hundreds of times a second
 // under load, each from a cursor among the newest events. Postgres would
 // plan each run afresh: the plan for the cursor's values is estimated
 // cheaper than the plan for any values (few rows lie past the end), though

@@ -411,9 +411,10 @@ func TestTailOrdersByTransactionIDNumerically(t *testing.T) {
 }
 
 // TestTailRunsItsGenericPlanWithoutChangingTheConnection: Tail and Behind
-// set plan_cache_mode for their own implicit transaction only; the pooled
-// connection they ran on (the pool's only one) plans as before afterwards,
-// and the readers still answer right.
+// run their statements with the generic plan only (pg_prepared_statements
+// counts no custom plan), set plan_cache_mode for their own implicit
+// transaction only (the pooled connection they ran on, the pool's only one,
+// plans as before afterwards), and still answer right.
 func TestTailRunsItsGenericPlanWithoutChangingTheConnection(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewDatabase(t)
@@ -447,6 +448,13 @@ func TestTailRunsItsGenericPlanWithoutChangingTheConnection(t *testing.T) {
 		require.Equal(t, 3, n)
 		return full >= 7
 	})
+	// The one connection ran the readers' statements with their generic
+	// plans only, and plans as before afterwards.
+	var generic, custom int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)
+		FROM pg_prepared_statements WHERE statement LIKE '%FROM events%'`).Scan(&generic, &custom))
+	require.GreaterOrEqual(t, generic, int64(14))
+	require.Zero(t, custom)
 	var after string
 	require.NoError(t, pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&after))
 	require.Equal(t, before, after)

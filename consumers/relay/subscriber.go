@@ -96,12 +96,13 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 			r.metrics.position.Set(float64(cursor.Position))
 		}
 		// The checkpoint is saved every checkpointEvery at most, under a
-		// steady stream of commits as when caught up (then at the next read
-		// that finds nothing new: the next poll, at the latest): a relay
-		// that stops without saving publishes those events again, and
-		// JetStream drops them as duplicates of their Nats-Msg-Id. Saving
-		// each time the relay caught up cost a committed write (a WAL
-		// flush) some 40 times a second under load.
+		// steady stream of commits as when caught up (then at the first
+		// pass of this loop checkpointEvery after the last save: the next
+		// poll or heartbeat, a second, at the latest): a relay that stops
+		// without saving publishes those events again, and JetStream drops
+		// them as duplicates of their Nats-Msg-Id. Saving each time the
+		// relay caught up cost a committed write (a WAL flush) some 40
+		// times a second under load.
 		if time.Since(lastSave) >= checkpointEvery {
 			save(ctx)
 		}
