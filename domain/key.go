@@ -136,7 +136,11 @@ func validateText(field, s string, max int, required bool) error {
 	for _, r := range s {
 		// Control characters, and invisible format characters such as bidi
 		// overrides and zero-width spaces, which can make a name display as
-		// another one.
+		// another one. In ASCII, only C0 and DEL are either: the range
+		// tables are searched for the other characters alone.
+		if r < utf8.RuneSelf && r >= 0x20 && r != 0x7f {
+			continue
+		}
 		if unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
 			return Errorf(EInvalid, "%s must not contain control or invisible formatting characters", field)
 		}

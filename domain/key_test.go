@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/stretchr/testify/require"
 )
@@ -356,4 +357,20 @@ func TestNewKeyIDIsUniqueAndOrderedByCreation(t *testing.T) {
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, ms, before)
 	require.LessOrEqual(t, ms, time.Now().UnixMilli())
+}
+
+// TestValidateTextRefusesExactlyControlAndInvisibleCharacters checks every
+// character of the Basic Multilingual Plane and the first supplementary one
+// against the rule's definition, the ASCII fast path included.
+func TestValidateTextRefusesExactlyControlAndInvisibleCharacters(t *testing.T) {
+	for r := rune(0); r < 0x20000; r++ {
+		if r >= 0xd800 && r <= 0xdfff { // surrogates are not characters
+			continue
+		}
+		refused := unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp)
+		err := validateText("name", "a"+string(r)+"b", 100, true)
+		if refused != (err != nil) {
+			t.Fatalf("U+%04X: refused %v, want %v (err %v)", r, err != nil, refused, err)
+		}
+	}
 }
