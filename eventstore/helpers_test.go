@@ -163,12 +163,16 @@ func rawInsert(t *testing.T, ctx context.Context, tx pgx.Tx, orgID, keyID string
 // transaction.
 func waitForLockWaiter(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
-	waitFor(t, "a session to wait on a lock", func() bool {
-		var n int
-		require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
-		return n > 0
-	})
+	waitFor(t, "a session to wait on a lock", func() bool { return lockWaiters(t, pool) > 0 })
+}
+
+// lockWaiters counts the sessions of pool's database waiting on a lock.
+func lockWaiters(t *testing.T, pool *pgxpool.Pool) int {
+	t.Helper()
+	var n int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
+	return n
 }
 
 // waitFor polls cond, on the test's goroutine, until it holds. Readers of the

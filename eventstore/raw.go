@@ -59,19 +59,19 @@ func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, 
 // rows to scan.
 //
 // Readers of the ledger's end (Tail, TailRaw, OrgEvents, Behind) run
-// hundreds of times a second
-// under load, each from a cursor among the newest events. Postgres would
-// plan each run afresh: the plan for the cursor's values is estimated
-// cheaper than the plan for any values (few rows lie past the end), though
-// both are the same index scan, and planning cost more than running: about
-// 90 µs against 30 µs for a tail of 16 events, quiet. Measured through pgx
-// with appends going on, a tail of 16 events took 300 to 320 µs planned
-// each time and 180 to 200 µs with the generic plan. So the statement runs
-// in an implicit transaction whose first statement sets plan_cache_mode for
-// that transaction alone; the connection goes back to the pool as it was.
+// hundreds of times a second under load, each from a cursor among the
+// newest events. Postgres would plan each run afresh: the plan for the
+// cursor's values is estimated cheaper than the plan for any values (few
+// rows lie past the end), though both are the same index scan, and planning
+// cost more than running: about 90 µs against 30 µs for a tail of 16
+// events, quiet. Measured through pgx with appends going on, a tail of 16
+// events took 300 to 320 µs planned each time and 180 to 200 µs with the
+// generic plan. So the statement runs in an implicit transaction whose first
+// statement sets plan_cache_mode for that transaction alone; the connection
+// goes back to the pool as it was.
 func queryGeneric(ctx context.Context, pool *pgxpool.Pool, sql string, args []any, scan func(pgx.Rows) error) error {
 	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`)
+	setLocal(b, "plan_cache_mode", "force_generic_plan")
 	b.Queue(sql, args...).Query(scan)
 	return pool.SendBatch(ctx, b).Close()
 }

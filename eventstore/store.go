@@ -220,7 +220,7 @@ func (s *Store) commitAppends(ctx context.Context, reqs []appendRequest) ([][]do
 func (s *Store) appendStatements(reqs []appendRequest, all []domain.Event, fast bool) (*pgx.Batch, error) {
 	b := &pgx.Batch{}
 	if fast {
-		b.Queue(`SELECT set_config('lock_timeout', $1, true)`, strconv.FormatInt(fastLockTimeout.Milliseconds(), 10))
+		setLocal(b, "lock_timeout", strconv.FormatInt(fastLockTimeout.Milliseconds(), 10))
 	} else {
 		b.BeginTx(pgx.TxOptions{})
 	}
@@ -236,6 +236,12 @@ func (s *Store) appendStatements(reqs []appendRequest, all []domain.Event, fast 
 		return nil, err
 	}
 	return b, nil
+}
+
+// setLocal queues the setting of a parameter for the batch's transaction
+// alone, explicit or implicit.
+func setLocal(b *pgx.Batch, name, value string) {
+	b.Queue(`SELECT set_config($1, $2, true)`, name, value)
 }
 
 // isLockTimeout tells whether err is a statement's wait on a lock outlasting

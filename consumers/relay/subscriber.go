@@ -31,9 +31,9 @@ const horizonRetry = time.Millisecond
 // each batch it settles the pipeline, and sends again, from the first event
 // not stored, until the whole batch is: an event is never skipped, and the
 // stream keeps ledger order. It checkpoints every checkpointEvery at most,
-// and between batches measures the lag and sends
-// the heartbeat; also while a batch waits for JetStream (NATS is down), so
-// that the lag gauges show the outage.
+// and between batches measures the lag and sends the heartbeat; also while a
+// batch waits for JetStream (NATS is down), so that the lag gauges show the
+// outage.
 type ledgerSubscriber struct {
 	relay     *Relay
 	js        jetstream.JetStream
