@@ -21,7 +21,10 @@ import (
 // events, in ledger order; b is then sent in the transaction that appends the
 // events (or that rebuilds the view), in one round trip. Positions are not
 // known yet when Queue runs; a statement that needs one reads it from the
-// events table, in the same transaction. The statements must be idempotent:
+// events table, in the same transaction. Inline, each event is applied once,
+// by the transaction that appends it, so a statement may insert a new
+// stream's row without looking for it first (the append fails if it is
+// there). A projector that replays the log (a rebuild) must be idempotent:
 // applying an event twice leaves the view as applying it once.
 type Projector interface {
 	Queue(b *pgx.Batch, events []domain.Event) error

@@ -59,8 +59,8 @@ type asideOptions struct {
 //  2. One REPEATABLE READ READ ONLY transaction reads every event of its
 //     snapshot, in position order (in a snapshot no event commits late), a
 //     batch at a time; each batch is applied to the new tables in a short
-//     transaction of its own, on another connection, with the very
-//     projectors the command path runs (their statements name the tables
+//     transaction of its own, on another connection, with the command
+//     path's projectors, replaying (their statements name the tables
 //     unqualified; search_path points them at the new ones). The reading
 //     transaction gets no transaction id, and no writing one lives long, so
 //     the xid8 horizon the relay, the sealer and the audit log wait for is

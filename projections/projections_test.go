@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -119,12 +120,41 @@ func TestApplyingAnEventTwiceLeavesTheViewsAsOnce(t *testing.T) {
 	tx, err := b.pool.Begin(context.Background())
 	require.NoError(t, err)
 	batch := &pgx.Batch{}
-	for _, p := range []eventstore.Projector{projections.KeyList{}, projections.KeyLookup{}} {
+	for _, p := range []eventstore.Projector{projections.KeyList{Replay: true}, projections.KeyLookup{Replay: true}} {
 		require.NoError(t, p.Queue(batch, events))
 	}
 	require.NoError(t, tx.SendBatch(context.Background(), batch).Close())
 	require.NoError(t, tx.Commit(context.Background()))
 	require.Equal(t, before, dump(t, b.pool))
+}
+
+// The command path's projectors insert a new key's rows without looking for
+// them first (no ON CONFLICT): an append whose key is already in a view (here
+// a key.generated of a new stream that reuses another key's digest) fails,
+// and commits neither its event nor any view's row, rather than committing
+// the event without its lookup row.
+func TestAnAppendWhoseKeyAViewHoldsCommitsNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.populate(t, 4)
+	ctx := context.Background()
+	before := dump(t, b.pool)
+	events, err := eventstore.ReadAll(ctx, b.pool, 0, 1)
+	require.NoError(t, err)
+	taken := events[0].Data.(domain.KeyGenerated)
+	dup := domain.Event{ID: domain.NewEventID(), Type: domain.TypeKeyGenerated, OrgID: events[0].OrgID, KeyID: "key_reuses_a_digest",
+		StreamVersion: 1, OccurredAt: b.now, Actor: "tester",
+		Data: domain.KeyGenerated{KeyID: "key_reuses_a_digest", Name: "dup", KeyHash: taken.KeyHash, Masked: taken.Masked}}
+
+	_, err = b.store.Append(ctx, 0, []domain.Event{dup}, nil)
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, err, &pgErr)
+	require.Equal(t, "key_lookup_pkey", pgErr.ConstraintName)
+
+	var n int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE key_id = $1`, dup.KeyID).Scan(&n))
+	require.Zero(t, n, "the event is not committed")
+	require.Equal(t, before, dump(t, b.pool), "neither view changed")
 }
 
 func TestViewsAgreeWithTheAggregateFoldedFromTheLog(t *testing.T) {

@@ -46,10 +46,11 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, progress func(events int))
 	})
 }
 
-// applyAll applies events to both views through tx, in one round trip.
+// applyAll applies events to both views through tx, in one round trip, with
+// the projectors replaying (idempotent).
 func applyAll(ctx context.Context, tx pgx.Tx, events []domain.Event) error {
 	b := &pgx.Batch{}
-	for _, p := range []eventstore.Projector{KeyList{}, KeyLookup{}} {
+	for _, p := range []eventstore.Projector{KeyList{Replay: true}, KeyLookup{Replay: true}} {
 		if err := p.Queue(b, events); err != nil {
 			return err
 		}
