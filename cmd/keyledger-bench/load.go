@@ -33,6 +33,7 @@ type loadRun struct {
 	latencies []time.Duration            // of successful requests
 	tagged    map[string][]time.Duration // successful latencies by tag, if the load tags them
 	pgCPU     time.Duration              // CPU time of the Postgres backends serving it, if measurable
+	procCPU   time.Duration              // CPU time of this process meanwhile (see processCPU)
 }
 
 // record counts one operation: its latency if it succeeded, its error if
@@ -70,6 +71,16 @@ func (r *loadRun) pgCPUPerOp() float64 {
 		return 0
 	}
 	return round(float64(r.pgCPU.Microseconds())/float64(r.ok), 1)
+}
+
+// procCPUPerOp is this process's CPU time per successful operation, in
+// microseconds: the service's and the load generator's (or the baseline
+// client's) together; 0 when not measured.
+func (r *loadRun) procCPUPerOp() float64 {
+	if r.ok == 0 {
+		return 0
+	}
+	return round(float64(r.procCPU.Microseconds())/float64(r.ok), 1)
 }
 
 // rate is successful operations per second of wall time.
@@ -151,7 +162,7 @@ type side func(ctx context.Context, d time.Duration) *loadRun
 //
 // Around each slice it reads the CPU time of db's Postgres backends, so that
 // each side is charged what Postgres spent serving it (the other side's
-// backends are idle meanwhile).
+// backends are idle meanwhile), and this process's own.
 func (b *bench) compare(ctx context.Context, name string, db *database, a, base side) (ra, rb *loadRun) {
 	if w := b.cfg.warmup; w > 0 {
 		a(ctx, w)
@@ -159,9 +170,10 @@ func (b *bench) compare(ctx context.Context, name string, db *database, a, base 
 	}
 	slice := b.cfg.duration / time.Duration(b.cfg.rounds)
 	measure := func(s side) *loadRun {
-		before := db.backendCPU(ctx)
+		before, procBefore := db.backendCPU(ctx), processCPU()
 		r := s(ctx, slice)
 		r.pgCPU = max(0, db.backendCPU(ctx)-before)
+		r.procCPU = max(0, processCPU()-procBefore)
 		return r
 	}
 	stop := b.profile(name)
@@ -188,6 +200,7 @@ func (r *loadRun) merge(o *loadRun) *loadRun {
 	}
 	r.wall += o.wall
 	r.pgCPU += o.pgCPU
+	r.procCPU += o.procCPU
 	r.requests += o.requests
 	r.ok += o.ok
 	for k, v := range o.failures {

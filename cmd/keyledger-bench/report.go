@@ -41,6 +41,11 @@ type result struct {
 	// spent per successful operation (omitted when Postgres is remote).
 	PgCPUus         float64 `json:"pg_cpu_us_per_op,omitempty"`
 	BaselinePgCPUus float64 `json:"baseline_pg_cpu_us_per_op,omitempty"`
+	// ProcCPUus and BaselineProcCPUus are the bench process's CPU time per
+	// successful operation: the service's and the load generator's, or the
+	// baseline client's (omitted where not measured).
+	ProcCPUus         float64 `json:"process_cpu_us_per_op,omitempty"`
+	BaselineProcCPUus float64 `json:"baseline_process_cpu_us_per_op,omitempty"`
 	// Propagation: the background load it ran under, and how many times
 	// the gateway client asked the service during the revocations (a
 	// refusal then came from the service, not from a notice).
@@ -71,21 +76,23 @@ type result struct {
 // baseline, ratio, target and verdict.
 func measured(scenario, unit, criterion string, got, base *loadRun, clients int, d time.Duration, load float64) result {
 	return result{
-		Scenario:        scenario,
-		Unit:            unit,
-		Criterion:       criterion,
-		P50ms:           ms(got.pct(0.50)),
-		P99ms:           ms(got.pct(0.99)),
-		BaselineP50ms:   ms(base.pct(0.50)),
-		BaselineP99ms:   ms(base.pct(0.99)),
-		Requests:        got.requests,
-		Errors:          got.errors(),
-		BaselineErrs:    base.errors(),
-		PgCPUus:         got.pgCPUPerOp(),
-		BaselinePgCPUus: base.pgCPUPerOp(),
-		Clients:         clients,
-		DurationS:       d.Seconds(),
-		LoadAvg1m:       load,
+		Scenario:          scenario,
+		Unit:              unit,
+		Criterion:         criterion,
+		P50ms:             ms(got.pct(0.50)),
+		P99ms:             ms(got.pct(0.99)),
+		BaselineP50ms:     ms(base.pct(0.50)),
+		BaselineP99ms:     ms(base.pct(0.99)),
+		Requests:          got.requests,
+		Errors:            got.errors(),
+		BaselineErrs:      base.errors(),
+		PgCPUus:           got.pgCPUPerOp(),
+		BaselinePgCPUus:   base.pgCPUPerOp(),
+		ProcCPUus:         got.procCPUPerOp(),
+		BaselineProcCPUus: base.procCPUPerOp(),
+		Clients:           clients,
+		DurationS:         d.Seconds(),
+		LoadAvg1m:         load,
 	}
 }
 
@@ -120,6 +127,9 @@ func printRun(w io.Writer, r *loadRun, unit string) {
 	pg := ""
 	if r.pgCPUPerOp() >= 1 {
 		pg = fmt.Sprintf(", Postgres CPU %.0f µs/op", r.pgCPUPerOp())
+	}
+	if r.procCPUPerOp() >= 1 {
+		pg += fmt.Sprintf(", bench process CPU %.0f µs/op", r.procCPUPerOp())
 	}
 	fmt.Fprintf(w, "  %-34s %10.1f %-6s p50 %8.3f ms  p99 %8.3f ms  (%d ok, %d errors, %d clients, %.1fs%s)\n",
 		r.label, r.rate(), unit, ms(r.pct(0.50)), ms(r.pct(0.99)), r.ok, r.errors(), r.clients, r.wall.Seconds(), pg)

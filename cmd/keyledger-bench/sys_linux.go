@@ -14,3 +14,14 @@ func pause(d time.Duration) {
 	ts := syscall.NsecToTimespec(d.Nanoseconds())
 	_ = syscall.Nanosleep(&ts, nil)
 }
+
+// processCPU returns the CPU time this process (the service, its embedded
+// NATS server if any, the load generator and the baseline's client) has
+// used so far, user and system.
+func processCPU() time.Duration {
+	var u syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
+		return 0
+	}
+	return time.Duration(u.Utime.Nano() + u.Stime.Nano())
+}
