@@ -24,7 +24,8 @@ import (
 // events table, in the same transaction. Inline, each event is applied once,
 // by the transaction that appends it, so a statement may insert a new
 // stream's row without looking for it first (the append fails if it is
-// there). A projector that replays the log (a rebuild) must be idempotent:
+// there: only if the view disagrees with the log, or a new key's digest is
+// another's). A projector that replays the log (a rebuild) must be idempotent:
 // applying an event twice leaves the view as applying it once.
 type Projector interface {
 	Queue(b *pgx.Batch, events []domain.Event) error

@@ -15,11 +15,14 @@ import (
 // Replay makes it idempotent, for replaying the log over a view that may
 // already hold some of its events (a rebuild): a key the view holds is
 // skipped. The command path leaves it off. There each key.generated is the
-// first event of a stream that the same transaction appends, so no row can
+// first event of a stream that the same transaction appends (a second
+// version 1 of a key id is refused by the events table first), and its
+// digest is that of a new secret of 160 random bits or more, so no row can
 // hold its key yet, and a plain insert saves Postgres the look for one
-// (ON CONFLICT probes the index and inserts speculatively, row by row): 5%
-// of Postgres' time per generate. A row that is there after all fails the
-// append, rather than leaving its event without the view's row.
+// (ON CONFLICT probes the index and inserts speculatively, row by row):
+// about a tenth of Postgres' time during generate, by perf, and Postgres'
+// CPU per key went from 55-59 µs to 51. A row that is there after all fails
+// the append, rather than leaving its event without the view's row.
 type KeyList struct{ Replay bool }
 
 // KeyLookup is the projector of the lookup view; Replay is KeyList's.

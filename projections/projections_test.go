@@ -129,11 +129,12 @@ func TestApplyingAnEventTwiceLeavesTheViewsAsOnce(t *testing.T) {
 }
 
 // The command path's projectors insert a new key's rows without looking for
-// them first (no ON CONFLICT): an append whose key is already in a view (here
-// a key.generated of a new stream that reuses another key's digest) fails,
-// and commits neither its event nor any view's row, rather than committing
-// the event without its lookup row.
-func TestAnAppendWhoseKeyAViewHoldsCommitsNothing(t *testing.T) {
+// them first (no ON CONFLICT): an append of a new key whose digest is already
+// another's (the lookup view's key; a new key id cannot reach the views
+// twice, the events table refuses its second version 1 first) fails, and
+// commits neither its event nor any view's row, where it committed the event
+// without its lookup row.
+func TestAnAppendReusingAKeyDigestCommitsNothing(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.populate(t, 4)

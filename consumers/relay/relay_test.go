@@ -517,3 +517,30 @@ func TestRepublishWhileTheRelayPublishes(t *testing.T) {
 	require.GreaterOrEqual(t, again, n-8*30, "Republish covers what had committed before it started")
 	b.requireStreamIsRepublished(t, ledger[:again], copies)
 }
+
+// TestACommitAfterABusyReadIsPublishedAtOnce: after a read that found a
+// stream of commits (8 events or more), the relay reads again when its read
+// interval (3 ms) ends, not when a commit wakes it; a commit made meanwhile
+// must still go out then, not at the next poll or heartbeat (a minute here).
+func TestACommitAfterABusyReadIsPublishedAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.startRelay(t, b.store, func(c *relay.Config) { c.Poll, c.Heartbeat = time.Minute, time.Minute })
+	const burst = 12
+	var published uint64
+	for range 3 {
+		// Concurrent generates commit in a group or two: the relay's read
+		// of them finds most of the burst at once.
+		var wg sync.WaitGroup
+		for range burst {
+			wg.Go(func() { b.generate(t, b.ledger, "org_busy") })
+		}
+		wg.Wait()
+		published += burst
+		b.waitStreamMsgs(t, 10*time.Second, published)
+
+		b.generate(t, b.ledger, "org_busy")
+		published++
+		b.waitStreamMsgs(t, 10*time.Second, published)
+	}
+}

@@ -27,10 +27,11 @@ const horizonRetry = time.Millisecond
 
 // busyRead and readEvery: after a read that found busyRead events or more,
 // the ledger is taking a stream of commits (groups of appends), and the
-// relay reads again readEvery after that read began, whatever wakes it
-// meanwhile, so that the commits of that time go out from one read. After a
-// read that found fewer, a commit wakes it at once: an isolated command (a
-// revocation) is published as soon as it commits.
+// relay reads again readEvery after that read began (at once if publishing
+// took longer) rather than when a commit wakes it, so that the commits of
+// that time go out from one read; a poll or a heartbeat meanwhile still
+// starts a read. After a read that found fewer, a commit wakes it at once:
+// an isolated command (a revocation) is published as soon as it commits.
 //
 // Reading as each commit woke it, the relay read about once per commit
 // under the generate benchmark (some 570 times a second at 32 clients,
