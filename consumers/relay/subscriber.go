@@ -149,12 +149,13 @@ func (s *ledgerSubscriber) run(ctx context.Context, out chan<- *message.Message)
 		// that found busyRead or more, only then (see readEvery).
 		var held <-chan time.Time
 		woken := wake
-		if len(events) >= busyRead {
+		if len(events) > 0 {
 			s.held = 0
-			held, woken = time.After(readEvery-time.Since(start)), nil
-		} else if len(events) > 0 {
-			s.held = 0
-			held = time.After(horizonRetry)
+			again := horizonRetry
+			if len(events) >= busyRead {
+				again, woken = readEvery-time.Since(start), nil
+			}
+			held = time.After(again)
 		} else if n, _, err := r.store.Behind(ctx, cursor, 1); err != nil || n == 0 {
 			s.held = 0
 		} else {
