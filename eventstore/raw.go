@@ -39,7 +39,7 @@ func (s *Store) TailRaw(ctx context.Context, after Cursor, limit int) ([]RawEven
 // order, below the xid8 horizon, that also meet cond ($4 is arg, if any).
 func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, arg ...any) ([]RawEvent, Cursor, error) {
 	var events []RawEvent
-	err := queryGeneric(ctx, s.pool, `SELECT `+eventColumns+` FROM events e WHERE `+cond+belowHorizon+`
+	err := QueryGeneric(ctx, s.pool, `SELECT `+eventColumns+` FROM events e WHERE `+cond+belowHorizon+`
 		ORDER BY e.transaction_id, e.position LIMIT $3`, append([]any{strconv.FormatUint(after.Xid, 10), after.Position, limit}, arg...),
 		func(rows pgx.Rows) (err error) {
 			events, err = ScanRawEvents(rows)
@@ -54,9 +54,12 @@ func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, 
 	return events, events[len(events)-1].Cursor, nil
 }
 
-// queryGeneric runs a reader's statement with its generic plan, in one
+// QueryGeneric runs a reader's statement with its generic plan, in one
 // round trip (two the first time a connection prepares it), and hands its
-// rows to scan.
+// rows to scan. It is for statements that have one good plan whatever their
+// values, run often enough that planning each run costs more than running
+// it: below, the ledger's readers; in projections, a search's walk of the
+// newest keys.
 //
 // Readers of the ledger's end (Tail, TailRaw, OrgEvents, Behind) run
 // hundreds of times a second under load, each from a cursor among the
@@ -69,7 +72,7 @@ func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, 
 // generic plan. So the statement runs in an implicit transaction whose first
 // statement sets plan_cache_mode for that transaction alone; the connection
 // goes back to the pool as it was.
-func queryGeneric(ctx context.Context, pool *pgxpool.Pool, sql string, args []any, scan func(pgx.Rows) error) error {
+func QueryGeneric(ctx context.Context, pool *pgxpool.Pool, sql string, args []any, scan func(pgx.Rows) error) error {
 	b := &pgx.Batch{}
 	setLocal(b, "plan_cache_mode", "force_generic_plan")
 	b.Queue(sql, args...).Query(scan)

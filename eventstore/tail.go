@@ -74,7 +74,7 @@ func (s *Store) Tail(ctx context.Context, after Cursor, limit int) ([]domain.Eve
 // before the call.
 func (s *Store) Behind(ctx context.Context, after Cursor, limit int) (n int, oldest time.Time, err error) {
 	var first *time.Time
-	err = queryGeneric(ctx, s.pool, `SELECT count(*), min(occurred_at) FROM (SELECT occurred_at FROM events
+	err = QueryGeneric(ctx, s.pool, `SELECT count(*), min(occurred_at) FROM (SELECT occurred_at FROM events
 		WHERE (transaction_id, position) > ($1::text::xid8, $2)
 		ORDER BY transaction_id, position LIMIT $3) behind`,
 		[]any{strconv.FormatUint(after.Xid, 10), after.Position, limit}, func(rows pgx.Rows) error {

@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/internal/pgtest"
 	"github.com/keyledger/keyledger/projections"
 )
 
@@ -90,9 +92,10 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 		}
 	}
 
-	// Beyond ASCII, the walk (lower(name) LIKE lower(pattern)) and the
-	// lookup (name ILIKE pattern) agree: compared with each other, not with
-	// Go's case folding, which need not be the database's.
+	// Beyond ASCII, the walk (generic plan, the pattern lowered once) and
+	// the lookup (planned for the pattern, which key_list_org_lname may
+	// serve) agree: compared with each other, not with Go's case folding,
+	// which need not be the database's.
 	pages := func(walk int, search string) []*domain.Key {
 		views := projections.NewViews(b.pool)
 		projections.SetListWalk(views, walk)
@@ -119,4 +122,37 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 	if lowersBeyondASCII { // a database whose locale lowers Ü (C.UTF-8 does; C does not)
 		require.NotEmpty(t, pages(0, "ÜNÏ"), "the walk did not fold the case of Ü and Ï")
 	}
+}
+
+// A search's walk runs with its generic plan, not planned again at each
+// call (see ListKeys), and leaves the connection's plan_cache_mode as it
+// was.
+func TestListSearchWalksWithItsGenericPlan(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.PoolFor(t, pgtest.NewDatabase(t), 1) // one connection: its statements are the search's
+	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
+	now := time.Date(2026, 3, 3, 9, 0, 0, 0, time.UTC)
+	ledger := &domain.Ledger{Store: store, KeyPrefix: "kl", Now: func() time.Time { return now }}
+	ctx := context.Background()
+	for i := range 6 {
+		_, err := ledger.GenerateKey(ctx, domain.GenerateKey{OrgID: "acme", Name: fmt.Sprintf("deploy-%d", i), Actor: "tester"}, "")
+		require.NoError(t, err)
+	}
+	var before string
+	require.NoError(t, pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&before))
+	views := projections.NewViews(pool)
+	for range 7 { // past the five runs after which Postgres may settle on a plan
+		page, err := views.ListKeys(ctx, domain.KeyQuery{OrgID: "acme", Search: "PLOY-", Status: domain.StatusActive, Limit: 4, Now: now})
+		require.NoError(t, err)
+		require.Len(t, page.Keys, 4)
+		require.NotEmpty(t, page.NextCursor)
+	}
+	var generic, custom int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)
+		FROM pg_prepared_statements WHERE statement LIKE '%walked%'`).Scan(&generic, &custom))
+	require.GreaterOrEqual(t, generic, int64(7))
+	require.Zero(t, custom)
+	var after string
+	require.NoError(t, pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&after))
+	require.Equal(t, before, after)
 }

@@ -285,7 +285,7 @@ SELECT k.org_id, k.key_id, k.name, k.masked, k.key_hash, k.created_at, k.expires
 	(SELECT key_id, created_at, true AS hit FROM (
 		SELECT key_id, created_at, name, revoked_at, expires_at FROM key_list WHERE org_id = $1
 		ORDER BY created_at DESC, key_id DESC LIMIT $4) walked
-	WHERE lower(name) LIKE lower($2) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
+	WHERE lower(name) LIKE (SELECT lower($2)) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
 	ORDER BY created_at DESC, key_id DESC LIMIT $5)
 	UNION ALL
 	(SELECT key_id, created_at, false FROM key_list WHERE org_id = $1
@@ -296,16 +296,16 @@ ORDER BY p.created_at DESC, p.key_id DESC;
 PREPARE bench_rest(text, text, timestamptz, timestamptz, text, bigint) AS
 SELECT k.org_id, k.key_id, k.name, k.masked, k.key_hash, k.created_at, k.expires_at, k.revoked_at, k.revoke_reason, k.version FROM (
 	SELECT key_id, created_at FROM key_list
-	WHERE org_id = $1 AND (created_at, key_id) < ($4, $5) AND name ILIKE $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
+	WHERE org_id = $1 AND (created_at, key_id) < ($4, $5) AND lower(name) LIKE lower($2) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
 	ORDER BY created_at DESC, key_id DESC LIMIT $6) p
 JOIN key_list k ON k.org_id = $1 AND k.key_id = p.key_id
 ORDER BY p.created_at DESC, p.key_id DESC`
 
 // explainList prints the plan and timing of the search's statements for each
 // term (bench_rest only where bench_walk does not fill the page), both as
-// custom plans (planned for the term, as ListKeys has them) and as the
-// generic plans a cached prepared statement may switch to after five
-// executions.
+// custom plans (planned for the term, as ListKeys has bench_rest) and as
+// generic plans (as ListKeys has bench_walk, and as a cached prepared
+// statement may switch to after five executions).
 func (b *bench) explainList(ctx context.Context, ds *listDataset, w io.Writer) error {
 	// A connection of its own, so that the prepared statements and the
 	// setting never meet a pooled connection.
