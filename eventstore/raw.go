@@ -57,9 +57,8 @@ func (s *Store) tail(ctx context.Context, cond string, after Cursor, limit int, 
 // QueryGeneric runs a reader's statement with its generic plan, in one
 // round trip (two the first time a connection prepares it), and hands its
 // rows to scan. It is for statements that have one good plan whatever their
-// values, run often enough that planning each run costs more than running
-// it: below, the ledger's readers; in projections, a search's walk of the
-// newest keys.
+// values, run often enough that planning each run costs as much as running
+// it, such as the ledger's readers below.
 //
 // Readers of the ledger's end (Tail, TailRaw, OrgEvents, Behind) run
 // hundreds of times a second under load, each from a cursor among the

@@ -1,18 +1,23 @@
--- The trigram index of key_list's names on lower(name), so that both
--- statements of a search (projections.Views.ListKeys) test a name the same
--- way: lower(name) LIKE lower(pattern), which is what ILIKE computes in a
--- UTF-8 database, without lowering the pattern again for each key that a
--- walk through an organization's newest keys tests (ILIKE took 4.1 ms for
--- 5,000 names, the LIKE 1.8 ms). The index serves the LIKE as the one it
--- replaces served the ILIKE: pg_trgm folds case when it takes a name's
--- trigrams either way.
+-- The trigram index of key_list's names on lower(name): the search's second
+-- statement (the lookup, projections.Views.ListKeys) now tests
+-- lower(name) LIKE lower(pattern), as its walk does, and this index serves
+-- that test as key_list_org_name served name ILIKE pattern (pg_trgm folds
+-- case when it takes a name's trigrams either way). In a UTF-8 database
+-- ILIKE computes the same thing, but lowers the pattern again for every
+-- name it tests: 4.1 ms for 5,000 names against 1.8 ms, which the lookup
+-- pays whenever Postgres walks rather than looks the term up.
 --
 -- Built CONCURRENTLY, outside a transaction, so that keys can still be
--- written while it builds (some seconds on a million keys). A build that
--- failed half way leaves an invalid index behind, which the first DROP
--- clears when the migration runs again. ANALYZE gives the planner
--- statistics on lower(name) before the search relies on them: without
--- them it takes every term for a rare one and looks it up in the index.
+-- written while it builds (some seconds on a million keys). It waits for
+-- every transaction of this database older than it to end: an upgrade
+-- must not overlap a `keyledger audit export` or a `keyledger views
+-- rebuild` (see the README's upgrade note). A build that failed half way
+-- leaves an invalid index behind, which the first DROP clears when the
+-- migration runs again. ANALYZE gives the planner statistics on
+-- lower(name) before the lookup relies on them: without them it takes
+-- every term for a rare one and looks it up in the index. Until the last
+-- instance runs the new code, an old one looks rare terms up without an
+-- index (name ILIKE), more slowly.
 
 -- +goose NO TRANSACTION
 -- +goose Up

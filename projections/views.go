@@ -191,11 +191,11 @@ var joinedKeyColumns = "k." + strings.ReplaceAll(keyColumns, ", ", ", k.")
 
 // query runs a statement of the list, planned for its call's values, in one
 // round trip (an unnamed statement with a cached description). A cached
-// prepared statement switches to a generic plan after five executions, and
-// the generic plan of a search that may look its term up (org_id = $1 AND
-// name ILIKE $2, both unknown) ANDed the primary key with the trigram index
-// over every organization's keys: 100 ms to over a second per page on a
-// table of a million keys.
+// prepared statement may switch to a generic plan after five executions,
+// and a search's lookup must be planned for its term: only the term tells
+// whether looking it up in key_list_org_lname beats walking key_list_newest
+// (the generic plan walks, which takes the whole organization for a term no
+// key holds).
 func (v *Views) query(ctx context.Context, sql string, a sqlArgs) (pgx.Rows, error) {
 	return v.pool.Query(ctx, sql, append([]any{pgx.QueryExecModeCacheDescribe}, a...)...)
 }
