@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"sort"
@@ -297,7 +298,9 @@ func closedLoop(ctx context.Context, label string, clients int, d time.Duration,
 }
 
 // profile starts a CPU profile of the whole process into
-// <--profile-dir>/<name>.cpu.pprof, and returns the function that stops it.
+// <--profile-dir>/<name>.cpu.pprof, and returns the function that stops it
+// and writes the heap profile as it is then (after a collection, so that its
+// in-use figures are the live heap's) to <name>.heap.pprof.
 func (b *bench) profile(name string) func() {
 	if b.cfg.profileDir == "" {
 		return func() {}
@@ -321,7 +324,27 @@ func (b *bench) profile(name string) func() {
 		pprof.StopCPUProfile()
 		f.Close()
 		fmt.Fprintf(b.progress, "bench: CPU profile written to %s (go tool pprof -top %s)\n", path, path)
+		heap := filepath.Join(b.cfg.profileDir, name+".heap.pprof")
+		runtime.GC()
+		if err := writeProfile(heap, "heap"); err != nil {
+			fmt.Fprintf(b.progress, "bench: profile: %v\n", err)
+			return
+		}
+		fmt.Fprintf(b.progress, "bench: heap profile written to %s (go tool pprof -sample_index=inuse_space -top %s)\n", heap, heap)
 	}
+}
+
+// writeProfile writes the named runtime/pprof profile to path.
+func writeProfile(path, name string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // forEach calls f(i) for every i below n from workers goroutines, and

@@ -236,7 +236,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.propagationVerifyRate, "propagation-verify-rate", 1000, "propagation: background GET /v1/verify load on the service, req/s (constant rate)")
 	fs.IntVar(&c.propagationGatewayRate, "propagation-gateway-rate", 10000, "propagation: background cached Verify calls on the gateway client, per second, from two goroutines (0 for none)")
 	fs.IntVar(&c.gatewayKeys, "gateway-keys", 10000, "gateway-verify: keys in the gateway client's warm cache")
-	fs.StringVar(&c.profileDir, "profile-dir", "", "write a CPU profile of each scenario's measured rounds to <dir>/<scenario>.cpu.pprof (whole process: service, baseline and load generator)")
+	fs.StringVar(&c.profileDir, "profile-dir", "", "write a CPU profile of each scenario's measured rounds to <dir>/<scenario>.cpu.pprof, and the heap profile at their end to <dir>/<scenario>.heap.pprof (whole process: service, baseline and load generator)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageHead)
 		fs.PrintDefaults()
