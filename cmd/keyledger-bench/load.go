@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -138,16 +137,13 @@ type httpLoad struct {
 }
 
 // newHTTPClient returns a client that keeps one connection per concurrent
-// client open to a loopback server, and ignores proxy settings.
+// client open to a loopback server (loadTransport), and gives each request
+// 30 s. The timeout is the transport's, not the Client's: a Client with a
+// Timeout over a transport other than net/http's starts a goroutine per
+// request to enforce it.
 func newHTTPClient(clients int) *http.Client {
 	return &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{
-			DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConns:        clients * 2,
-			MaxIdleConnsPerHost: clients * 2,
-			IdleConnTimeout:     time.Minute,
-		},
+		Transport:     newLoadTransport(clients*2, 30*time.Second),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
