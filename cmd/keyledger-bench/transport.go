@@ -26,8 +26,9 @@ import (
 // server it loaded (readLoop and writeLoop 4.1 s of it), so the figures
 // measured the client as much as the service.
 type loadTransport struct {
-	maxIdle int
-	timeout time.Duration // for a request whose context has no deadline
+	maxIdle  int
+	timeout  time.Duration // for a request whose context has no deadline, and a dial
+	idleTime time.Duration // how long a connection may stay idle and be used again
 
 	mu   sync.Mutex
 	idle map[string][]*loadConn // by host:port, most recently used last
@@ -36,15 +37,20 @@ type loadTransport struct {
 // newLoadTransport returns a transport keeping up to maxIdle idle
 // connections per host.
 func newLoadTransport(maxIdle int, timeout time.Duration) *loadTransport {
-	return &loadTransport{maxIdle: maxIdle, timeout: timeout, idle: map[string][]*loadConn{}}
+	return &loadTransport{maxIdle: maxIdle, timeout: timeout, idleTime: maxIdleTime, idle: map[string][]*loadConn{}}
 }
 
 type loadConn struct {
 	host string
 	net.Conn
-	r *bufio.Reader
-	w *bufio.Writer
+	r         *bufio.Reader
+	w         *bufio.Writer
+	idleSince time.Time
 }
+
+// maxIdleTime is how long a connection may stay idle and still be used: less
+// than the service's IdleTimeout (2 min), after which its server closes it.
+const maxIdleTime = time.Minute
 
 // past is a deadline already gone: it makes a blocked read or write
 // return at once.
@@ -56,6 +62,10 @@ func (t *loadTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("bench transport: only http://, not %q", req.URL.Scheme)
 	}
 	ctx := req.Context()
+	if err := ctx.Err(); err != nil {
+		closeBody(req)
+		return nil, err
+	}
 	c, err := t.conn(ctx, req.URL.Host)
 	if err != nil {
 		closeBody(req)
@@ -89,24 +99,37 @@ func (t *loadTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return fail(err)
 	}
 	resp, err := http.ReadResponse(c.r, req)
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+		resp, err = http.ReadResponse(c.r, req) // an informational response: the answer follows
+	}
 	if err != nil {
 		return fail(err)
 	}
-	resp.Body = &loadBody{ReadCloser: resp.Body, t: t, c: c, stop: stop, reuse: !resp.Close}
+	resp.Body = &loadBody{ReadCloser: resp.Body, t: t, c: c, stop: stop, reuse: !resp.Close && !req.Close}
 	return resp, nil
 }
 
-// conn returns an idle connection to host, or a new one.
+// conn returns an idle connection to host, or a new one. It closes the
+// idle connections that its server may have closed already.
 func (t *loadTransport) conn(ctx context.Context, host string) (*loadConn, error) {
+	var stale []*loadConn
+	defer func() {
+		for _, c := range stale {
+			c.Close()
+		}
+	}()
 	t.mu.Lock()
-	if cs := t.idle[host]; len(cs) > 0 {
+	for cs := t.idle[host]; len(cs) > 0; cs = t.idle[host] {
 		c := cs[len(cs)-1]
 		t.idle[host] = cs[:len(cs)-1]
-		t.mu.Unlock()
-		return c, nil
+		if time.Since(c.idleSince) < t.idleTime {
+			t.mu.Unlock()
+			return c, nil
+		}
+		stale = append(stale, c)
 	}
 	t.mu.Unlock()
-	nc, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", host)
+	nc, err := (&net.Dialer{Timeout: t.timeout, KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", host)
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +139,7 @@ func (t *loadTransport) conn(ctx context.Context, host string) (*loadConn, error
 // put keeps c for the next request to its host, or closes it if enough are
 // kept already.
 func (t *loadTransport) put(c *loadConn) {
+	c.idleSince = time.Now()
 	t.mu.Lock()
 	if cs := t.idle[c.host]; len(cs) < t.maxIdle {
 		t.idle[c.host] = append(cs, c)
@@ -164,8 +188,16 @@ func (b *loadBody) Close() error {
 		return nil
 	}
 	b.done = true
+	if !b.eof { // net/http's Close would read the rest first
+		b.stop()
+		b.c.Close()
+		b.ReadCloser.Close() // fails at once: the connection is closed
+		return nil
+	}
 	err := b.ReadCloser.Close()
-	if b.stop() && b.eof && b.reuse && err == nil {
+	// Reused only if nothing of this response is left unread, nor anything
+	// after it.
+	if b.stop() && b.eof && b.reuse && err == nil && b.c.r.Buffered() == 0 {
 		b.t.put(b.c)
 		return nil
 	}
