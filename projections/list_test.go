@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/keyledger/keyledger/domain"
-	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/internal/pgtest"
 	"github.com/keyledger/keyledger/projections"
 )
@@ -130,17 +129,16 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 func TestListSearchWalksWithItsGenericPlan(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.PoolFor(t, pgtest.NewDatabase(t), 1) // one connection: its statements are the search's
-	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
-	now := time.Date(2026, 3, 3, 9, 0, 0, 0, time.UTC)
-	ledger := &domain.Ledger{Store: store, KeyPrefix: "kl", Now: func() time.Time { return now }}
+	b := setupOn(t, pool)
+	now := b.now
 	ctx := context.Background()
 	for i := range 6 {
-		_, err := ledger.GenerateKey(ctx, domain.GenerateKey{OrgID: "acme", Name: fmt.Sprintf("deploy-%d", i), Actor: "tester"}, "")
+		_, err := b.ledger.GenerateKey(ctx, domain.GenerateKey{OrgID: "acme", Name: fmt.Sprintf("deploy-%d", i), Actor: "tester"}, "")
 		require.NoError(t, err)
 	}
 	var before string
 	require.NoError(t, pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&before))
-	views := projections.NewViews(pool)
+	views := b.views
 	for range 7 { // past the five runs after which Postgres may settle on a plan
 		page, err := views.ListKeys(ctx, domain.KeyQuery{OrgID: "acme", Search: "PLOY-", Status: domain.StatusActive, Limit: 4, Now: now})
 		require.NoError(t, err)

@@ -27,7 +27,12 @@ type bundle struct {
 
 func setup(t *testing.T) *bundle {
 	t.Helper()
-	pool := pgtest.NewPool(t)
+	return setupOn(t, pgtest.NewPool(t))
+}
+
+// setupOn is setup on a pool of the caller's.
+func setupOn(t *testing.T, pool *pgxpool.Pool) *bundle {
+	t.Helper()
 	store := eventstore.New(pool, projections.KeyList{}, projections.KeyLookup{})
 	b := &bundle{pool: pool, store: store, views: projections.NewViews(pool), now: time.Date(2026, 3, 3, 9, 0, 0, 0, time.UTC)}
 	b.ledger = &domain.Ledger{Store: store, KeyPrefix: "kl", Now: func() time.Time { return b.now }}

@@ -62,8 +62,8 @@ const listWalk = 5000
 //     Whatever the estimate, a term that one key in a hundred matches (with
 //     the status) fills a page of 50 here, in about 2 ms. Its plan is the
 //     same for any values, so it runs with its generic plan
-//     (eventstore.QueryGeneric), not planned again at each call: planning
-//     it took about 1 ms, as long as walking a common term's page.
+//     (eventstore.QueryGeneric), not planned again at each call: a common
+//     term's page took 0.4 to 0.5 ms so, against 0.65 to 0.85 ms planned.
 //  2. If the page is not full and the walk did not reach the organization's
 //     oldest key, the rest of the page comes from the keys older than the
 //     last one walked, by the one query, planned for this call's values. The
@@ -264,15 +264,11 @@ func (v *Views) listWalk(ctx context.Context, q domain.KeyQuery, p *listPos, n i
 	var last *listPos
 	err = eventstore.QueryGeneric(ctx, v.pool, sql, a, func(rows pgx.Rows) error {
 		for rows.Next() {
-			k := &domain.Key{}
-			var h []byte
 			var hit bool
-			if err := rows.Scan(&k.OrgID, &k.ID, &k.Name, &k.Masked, &h, &k.CreatedAt, &k.ExpiresAt, &k.RevokedAt, &k.RevokeReason, &k.Version,
-				&hit); err != nil {
+			k, err := scanKeyAnd(rows, &hit)
+			if err != nil {
 				return err
 			}
-			copy(k.Hash[:], h)
-			normalize(k)
 			if hit {
 				keys = append(keys, k)
 			} else {
@@ -300,10 +296,13 @@ func (v *Views) GetKey(ctx context.Context, orgID, keyID string) (*domain.Key, e
 	return k, nil
 }
 
-func scanKey(row pgx.CollectableRow) (*domain.Key, error) {
+func scanKey(row pgx.CollectableRow) (*domain.Key, error) { return scanKeyAnd(row) }
+
+// scanKeyAnd reads a row of keyColumns, then of the columns more are for.
+func scanKeyAnd(row pgx.Row, more ...any) (*domain.Key, error) {
 	k := &domain.Key{}
 	var h []byte
-	err := row.Scan(&k.OrgID, &k.ID, &k.Name, &k.Masked, &h, &k.CreatedAt, &k.ExpiresAt, &k.RevokedAt, &k.RevokeReason, &k.Version)
+	err := row.Scan(append([]any{&k.OrgID, &k.ID, &k.Name, &k.Masked, &h, &k.CreatedAt, &k.ExpiresAt, &k.RevokedAt, &k.RevokeReason, &k.Version}, more...)...)
 	copy(k.Hash[:], h)
 	normalize(k)
 	return k, err

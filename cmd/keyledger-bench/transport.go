@@ -195,9 +195,8 @@ func (b *loadBody) Close() error {
 		return nil
 	}
 	err := b.ReadCloser.Close()
-	// Reused only if nothing of this response is left unread, nor anything
-	// after it.
-	if b.stop() && b.eof && b.reuse && err == nil && b.c.r.Buffered() == 0 {
+	// Reused only if nothing is left unread after this response.
+	if b.stop() && b.reuse && err == nil && b.c.r.Buffered() == 0 {
 		b.t.put(b.c)
 		return nil
 	}
