@@ -130,7 +130,7 @@ func rebuildAside(ctx context.Context, pool *pgxpool.Pool, opts asideOptions, pr
 }
 
 // prepareAside makes the empty new tables, with the live tables' columns,
-// defaults, checks, and primary and unique keys (the projectors' ON CONFLICT
+// defaults, generated columns, checks, and primary and unique keys (the projectors' ON CONFLICT
 // needs them during the replay).
 func prepareAside(ctx context.Context, pool *pgxpool.Pool, live string) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -140,7 +140,7 @@ func prepareAside(ctx context.Context, pool *pgxpool.Pool, live string) error {
 			`CREATE SCHEMA ` + rebuildSchema,
 		}
 		for _, t := range viewTables {
-			stmts = append(stmts, fmt.Sprintf(`CREATE TABLE %s.%s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`,
+			stmts = append(stmts, fmt.Sprintf(`CREATE TABLE %s.%s (LIKE %s INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING CONSTRAINTS)`,
 				rebuildSchema, t, pgx.Identifier{live, t}.Sanitize()))
 		}
 		for _, s := range stmts {

@@ -1,5 +1,7 @@
 package projections
 
-// SetListWalk sets how many keys a search walks before it looks its term up
-// (see ListKeys), so that a test reaches the second step with a few keys.
-func SetListWalk(v *Views, n int) { v.walk = n }
+// SetSearchPlan sets how many keys a search's first walk tests, how many
+// matches among them make it walk on, and how many keys its second walk
+// tests at most (see ListKeys), so that a test reaches every step with a
+// few keys.
+func SetSearchPlan(v *Views, sample, dense, most int) { v.search = searchPlan{sample, dense, most} }

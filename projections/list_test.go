@@ -14,11 +14,11 @@ import (
 	"github.com/keyledger/keyledger/projections"
 )
 
-// A search walks the newest keys first and looks its term up for the rest
-// (see ListKeys). With walks of a few keys, every page boundary falls before,
-// on and after the key where the walk stops, on ties of created_at too; each
-// walk must page through exactly the keys a filter over the whole list
-// keeps, in list order.
+// A search walks the newest keys first, may walk on, and looks its term up
+// for the rest (see ListKeys). With walks of a few keys, every page boundary
+// falls before, on and after the keys where each step stops, on ties of
+// created_at too; each plan must page through exactly the keys a filter over
+// the whole list keeps, in list order.
 func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -58,9 +58,18 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 	require.Len(t, all.Keys, 48)
 	require.Empty(t, all.NextCursor)
 
-	for _, walk := range []int{1, 2, 5, 16, 0} {
+	type plan struct{ sample, dense, most int } // the default if zero
+	plans := []plan{
+		{1, 1, 1}, {1, 1, 3}, {2, 1, 2}, {2, 2, 5}, {5, 1, 4}, {5, 2, 16}, {5, 3, 100},
+		{16, 1, 1}, {16, 4, 8}, {16, 100, 1}, // walk, then look up
+		{1, 100, 1}, {100, 1, 100}, // look up at once; walk for all
+		{},
+	}
+	for _, pl := range plans {
 		views := projections.NewViews(b.pool)
-		projections.SetListWalk(views, walk)
+		if pl != (plan{}) {
+			projections.SetSearchPlan(views, pl.sample, pl.dense, pl.most)
+		}
 		for _, search := range []string{"prod", "PRODUCTION", "_", "%", `\`, "-42", "o", "terraform", "no-such-name"} {
 			for _, status := range append([]domain.Status{""}, domain.Statuses...) {
 				var want []*domain.Key
@@ -70,7 +79,7 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 					}
 				}
 				for _, limit := range []int{2, 3, 50} {
-					what := fmt.Sprintf("walk %d, q=%q, status=%q, limit %d", walk, search, status, limit)
+					what := fmt.Sprintf("plan %v, q=%q, status=%q, limit %d", pl, search, status, limit)
 					var got []*domain.Key
 					q := domain.KeyQuery{OrgID: "acme", Search: search, Status: status, Limit: limit, Now: now}
 					for pages := 0; ; pages++ {
@@ -95,9 +104,11 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 	// the lookup (planned for the pattern, which key_list_org_lname may
 	// serve) agree: compared with each other, not with Go's case folding,
 	// which need not be the database's.
-	pages := func(walk int, search string) []*domain.Key {
+	pages := func(lookup bool, search string) []*domain.Key {
 		views := projections.NewViews(b.pool)
-		projections.SetListWalk(views, walk)
+		if lookup { // after the first key
+			projections.SetSearchPlan(views, 1, 100, 1)
+		}
 		var got []*domain.Key
 		q := domain.KeyQuery{OrgID: "acme", Search: search, Limit: 3, Now: now}
 		for {
@@ -111,15 +122,15 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 		}
 	}
 	for _, search := range []string{"ÜNÏ", "clé", "É", "Ünïcode-Clé", "code-cl"} {
-		walked := pages(0, search)
-		require.Equal(t, pages(1, search), walked, "q=%q", search)
+		walked := pages(false, search)
+		require.Equal(t, pages(true, search), walked, "q=%q", search)
 		t.Logf("q=%q: %d keys", search, len(walked))
 	}
-	require.NotEmpty(t, pages(0, "code-cl"))
+	require.NotEmpty(t, pages(false, "code-cl"))
 	var lowersBeyondASCII bool
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT lower('Ü') = 'ü'`).Scan(&lowersBeyondASCII))
 	if lowersBeyondASCII { // a database whose locale lowers Ü (C.UTF-8 does; C does not)
-		require.NotEmpty(t, pages(0, "ÜNÏ"), "the walk did not fold the case of Ü and Ï")
+		require.NotEmpty(t, pages(false, "ÜNÏ"), "the walk did not fold the case of Ü and Ï")
 	}
 }
 

@@ -20,12 +20,12 @@ import (
 type Views struct {
 	pool    *pgxpool.Pool
 	lookups *lookupBatcher
-	walk    int // listWalk if 0; tests set it through SetListWalk
+	search  searchPlan
 }
 
 // NewViews returns a reader of the views in pool's database.
 func NewViews(pool *pgxpool.Pool) *Views {
-	return &Views{pool: pool, lookups: newLookupBatcher(pool)}
+	return &Views{pool: pool, lookups: newLookupBatcher(pool), search: defaultSearchPlan}
 }
 
 var (
@@ -35,10 +35,23 @@ var (
 
 const keyColumns = `org_id, key_id, name, masked, key_hash, created_at, expires_at, revoked_at, revoke_reason, version`
 
-// listWalk is how many of an organization's keys, newest first from the
-// cursor, a search tests one by one before it looks its term up (see
+// searchPlan sets how a search chooses between walking and looking up (see
 // ListKeys).
-const listWalk = 5000
+type searchPlan struct {
+	sample int // how many keys the first walk tests
+	dense  int // how many matches among them make walking on the cheaper way
+	most   int // how many keys a second walk tests at most
+}
+
+// defaultSearchPlan is the searchPlan measured in an organization of
+// 100,000 keys (of a million) on a 2-core machine, where a key walked cost
+// about 0.45 µs and a lookup about 5 ms for the index and 4.5 µs a match.
+// The rest of a page of a term that one key in 200 matches (10 in 2,000)
+// then takes some 8,000 keys walked (3.6 ms) against a lookup of 8 ms; at one
+// in 400 both take about 7 ms. The first walk's 10 in 2,000 tells the two
+// apart with room for its own error, and the second walk's bound (some 4.5
+// ms) caps what a wrong guess costs.
+var defaultSearchPlan = searchPlan{sample: 2000, dense: 10, most: 10000}
 
 // ListKeys returns a page of keys, newest first, by keyset pagination on
 // (created_at, key_id).
@@ -50,33 +63,39 @@ const listWalk = 5000
 // in a trigram index fetches every match and sorts them: fast for a rare
 // term, slow for a common one. Left to choose, Postgres goes by its estimate
 // of how often the substring occurs, which is often far off (77 names for
-// "-42", which 13,000 of a million hold), and a wrong choice cost 13 to 110
-// ms a page (warm and cold cache) in an organization of 100,000 keys. So a
-// search takes up to two statements:
+// "-42", which 13,000 of a million hold), and walks for a term that its cost
+// model takes for common enough: 16 ms for "terraform", which a lookup
+// serves in 7. So a search measures its term instead, on the newest keys:
 //
-//  1. The first walks the listWalk newest keys after the cursor in
-//     key_list_newest, which holds the name and the status columns: each key
-//     is tested in the index alone (an index-only scan, about 0.4 µs a key,
-//     on pages that vacuum has marked all-visible; on others Postgres also
-//     reads the row), and only the page's keys are read from the table.
-//     Whatever the estimate, a term that one key in a hundred matches (with
-//     the status) fills a page of 50 here, in about 2 ms. Its plan is the
-//     same for any values, so it runs with its generic plan
+//  1. It walks the sample newest keys after the cursor in key_list_newest,
+//     which holds the lowered name (lname) and the status columns, so that
+//     each key is tested in the index alone (an index-only scan on pages
+//     that vacuum has marked all-visible), and only the page's keys are read
+//     from the table. A common term fills its page here. The statement's plan is the same
+//     for any values, so it runs with its generic plan
 //     (eventstore.QueryGeneric), not planned again at each call: a common
 //     term's page took 0.4 to 0.5 ms so, against 0.65 to 0.85 ms planned.
-//  2. If the page is not full and the walk did not reach the organization's
-//     oldest key, the rest of the page comes from the keys older than the
-//     last one walked, by the one query, planned for this call's values. The
-//     term is rare among the newest keys; if Postgres looks it up,
-//     key_list_org_lname, whose trigram entries carry the organization, finds
-//     the organization's matches without visiting any other's.
+//  2. If the walk found dense matches or more, the term is common enough
+//     that walking on is the cheaper way: a second walk, from the last
+//     match, tests as many keys as the rate found predicts for twice the
+//     matches the page still needs and ten more (at most most). It stops
+//     when the page is full; the bound only stops it where the term grows
+//     rare.
+//  3. Whatever the walks have not found, a lookup finds among the keys
+//     older than the last match (or the cursor): every match of the
+//     organization, by key_list_org_lname, whose trigram entries carry the
+//     organization, sorted. Its matches are gathered apart from their order
+//     (a MATERIALIZED CTE), so that Postgres does not walk for them, unless
+//     it takes the term for a common one over the whole organization.
 //
-// The page is the one the single query would return: the first statement
-// returns the first matches among the keys it walked, in list order, and the
-// second continues strictly after the last key walked, which the first
-// returns from its own snapshot (a key created in between cannot move it).
-// The next cursor is the page's last key, as always. A list without a search
-// takes the one query: a status filter alone has no such choice to get wrong.
+// The page is the one a single query would return: each step returns, in
+// list order, every match among the keys it tests, or the first ones if
+// they fill the page, and the next step starts strictly after the last key
+// returned (testing again the keys past it that did not match). A key
+// created in between is newer than the cursor, and lies outside every step.
+// The next cursor is the page's last key, as always. A list without a
+// search takes one query: a status filter alone has no such choice to get
+// wrong.
 func (v *Views) ListKeys(ctx context.Context, q domain.KeyQuery) (domain.KeyPage, error) {
 	if q.Limit < 1 || q.Limit > domain.MaxPageSize {
 		return domain.KeyPage{}, domain.Errorf(domain.EInvalid, "limit must be between 1 and %d", domain.MaxPageSize)
@@ -98,13 +117,7 @@ func (v *Views) ListKeys(ctx context.Context, q domain.KeyQuery) (domain.KeyPage
 	if q.Search == "" {
 		keys, err = v.listAfter(ctx, q, after, want)
 	} else {
-		var last *listPos
-		keys, last, err = v.listWalk(ctx, q, after, want)
-		if err == nil && len(keys) < want && last != nil {
-			var more []*domain.Key
-			more, err = v.listAfter(ctx, q, last, want-len(keys))
-			keys = append(keys, more...)
-		}
+		keys, err = v.listSearch(ctx, q, after, want)
 	}
 	if err != nil {
 		return domain.KeyPage{}, fmt.Errorf("list keys: %w", eventstore.Unavailable(err))
@@ -116,6 +129,43 @@ func (v *Views) ListKeys(ctx context.Context, q domain.KeyQuery) (domain.KeyPage
 		page.NextCursor = listCursor(last.CreatedAt, last.ID)
 	}
 	return page, nil
+}
+
+// listSearch returns up to n of the organization's keys that match q's
+// search and status, after p if set, newest first, in the steps that
+// ListKeys describes.
+func (v *Views) listSearch(ctx context.Context, q domain.KeyQuery, p *listPos, n int) ([]*domain.Key, error) {
+	s := v.search
+	keys, err := v.listWalk(ctx, q, p, s.sample, n)
+	if err != nil || len(keys) == n {
+		return keys, err
+	}
+	if len(keys) >= s.dense {
+		need := n - len(keys)
+		// Room for twice the matches the page needs, and ten more: with
+		// few needed, the gap to the next one varies most (171 keys, where
+		// the rate predicted 40, for "backend").
+		walk := min((2*need+10)*s.sample/len(keys), s.most)
+		more, err := v.listWalk(ctx, q, lastPos(keys), walk, need)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, more...)
+		if len(keys) == n {
+			return keys, nil
+		}
+	}
+	if len(keys) > 0 {
+		p = lastPos(keys)
+	}
+	more, err := v.listLookup(ctx, q, p, n-len(keys))
+	return append(keys, more...), err
+}
+
+// lastPos is the place of the last of keys, which must not be empty.
+func lastPos(keys []*domain.Key) *listPos {
+	k := keys[len(keys)-1]
+	return &listPos{k.CreatedAt, k.ID}
 }
 
 // listPos is a key's place in the list.
@@ -143,13 +193,13 @@ func listConditions(q domain.KeyQuery, a *sqlArgs) ([]string, error) {
 	return conditions(q, a, func(pattern string) string { return "lower(name) LIKE lower(" + pattern + ")" })
 }
 
-// walkConditions are listConditions for a walk run with its generic plan,
-// where lower($n) would be computed again for every key walked: the pattern
-// is lowered once, by a subquery (an InitPlan). ILIKE, which lowers the
-// pattern again for every key, took 4.1 ms for 5,000 names, this 1.8 ms. The
-// trigram index cannot serve it; a walk does not need it.
+// walkConditions are listConditions for a walk, which key_list_newest
+// serves: they test lname, the name lowered when it was written, and the
+// walk runs with its generic plan, where lower($n) would be computed again
+// for every key walked, so the pattern is lowered once, by a subquery (an
+// InitPlan). The trigram index cannot serve it; a walk does not need it.
 func walkConditions(q domain.KeyQuery, a *sqlArgs) ([]string, error) {
-	return conditions(q, a, func(pattern string) string { return "lower(name) LIKE (SELECT lower(" + pattern + "))" })
+	return conditions(q, a, func(pattern string) string { return "lname LIKE (SELECT lower(" + pattern + "))" })
 }
 
 // conditions writes the search with like, given the pattern's placeholder.
@@ -189,95 +239,85 @@ func listRange(a *sqlArgs, p *listPos) string {
 // joinedKeyColumns are keyColumns read from key_list k.
 var joinedKeyColumns = "k." + strings.ReplaceAll(keyColumns, ", ", ", k.")
 
-// query runs a statement of the list, planned for its call's values, in one
-// round trip (an unnamed statement with a cached description). A cached
-// prepared statement may switch to a generic plan after five executions,
-// and a search's lookup must be planned for its term: only the term tells
-// whether looking it up in key_list_org_lname beats walking key_list_newest
-// (the generic plan walks, which takes the whole organization for a term no
-// key holds).
-func (v *Views) query(ctx context.Context, sql string, a sqlArgs) (pgx.Rows, error) {
-	return v.pool.Query(ctx, sql, append([]any{pgx.QueryExecModeCacheDescribe}, a...)...)
-}
-
-// listAfter returns up to n of the organization's keys that match q, after
-// p if set, newest first. With a filter, the keys are chosen from
-// key_list_newest (an index-only scan, when Postgres walks it) and only
-// theirs are read from the table.
-func (v *Views) listAfter(ctx context.Context, q domain.KeyQuery, p *listPos, n int) ([]*domain.Key, error) {
-	a := sqlArgs{q.OrgID}
-	conds, err := listConditions(q, &a)
-	if err != nil {
-		return nil, err
-	}
-	where := listRange(&a, p)
-	var sql string
-	if len(conds) == 0 {
-		sql = `SELECT ` + keyColumns + ` FROM key_list WHERE ` + where + `
-			ORDER BY created_at DESC, key_id DESC LIMIT ` + a.add(n)
-	} else {
-		sql = `SELECT ` + joinedKeyColumns + ` FROM (
-			SELECT key_id, created_at FROM key_list
-			WHERE ` + where + ` AND ` + strings.Join(conds, " AND ") + `
-			ORDER BY created_at DESC, key_id DESC LIMIT ` + a.add(n) + `) p
-		JOIN key_list k ON k.org_id = $1 AND k.key_id = p.key_id
-		ORDER BY p.created_at DESC, p.key_id DESC`
-	}
-	rows, err := v.query(ctx, sql, a)
+// queryKeys runs a statement of the list that reads keyColumns, planned for
+// its call's values, in one round trip (an unnamed statement with a cached
+// description). A cached prepared statement may switch to a generic plan
+// after five executions, and a search's lookup must be planned for its
+// term: only the term tells whether key_list_org_lname can serve it (not
+// below three characters, a trigram's length) or the organization's keys
+// must be tested one by one.
+func (v *Views) queryKeys(ctx context.Context, sql string, a sqlArgs) ([]*domain.Key, error) {
+	rows, err := v.pool.Query(ctx, sql, append([]any{pgx.QueryExecModeCacheDescribe}, a...)...)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, scanKey)
 }
 
-// listWalk returns up to n of the organization's keys that match q among
-// the listWalk keys after p (or the newest ones if p is nil), newest first,
-// and the last key it walked if it walked that many and found fewer than n.
-func (v *Views) listWalk(ctx context.Context, q domain.KeyQuery, p *listPos, n int) ([]*domain.Key, *listPos, error) {
+// pageOf is the statement that reads, in list order, the organization's ($1)
+// keys that chosen, a statement of key_id and created_at, returns.
+func pageOf(chosen string) string {
+	return `SELECT ` + joinedKeyColumns + ` FROM (` + chosen + `) p
+	JOIN key_list k ON k.org_id = $1 AND k.key_id = p.key_id
+	ORDER BY p.created_at DESC, p.key_id DESC`
+}
+
+// listAfter returns up to n of the organization's keys that match q's
+// status (not its search), after p if set, newest first. With a filter, the
+// keys are chosen from key_list_newest (an index-only scan, when Postgres
+// walks it) and only theirs are read from the table.
+func (v *Views) listAfter(ctx context.Context, q domain.KeyQuery, p *listPos, n int) ([]*domain.Key, error) {
+	a := sqlArgs{q.OrgID}
+	q.Search = ""
+	conds, err := listConditions(q, &a)
+	if err != nil {
+		return nil, err
+	}
+	where := listRange(&a, p)
+	if len(conds) == 0 {
+		return v.queryKeys(ctx, `SELECT `+keyColumns+` FROM key_list WHERE `+where+`
+			ORDER BY created_at DESC, key_id DESC LIMIT `+a.add(n), a)
+	}
+	return v.queryKeys(ctx, pageOf(`SELECT key_id, created_at FROM key_list
+		WHERE `+where+` AND `+strings.Join(conds, " AND ")+`
+		ORDER BY created_at DESC, key_id DESC LIMIT `+a.add(n)), a)
+}
+
+// listWalk returns up to n of the organization's keys that match q, newest
+// first, among the walk keys after p (or the newest ones if p is nil).
+func (v *Views) listWalk(ctx context.Context, q domain.KeyQuery, p *listPos, walk, n int) ([]*domain.Key, error) {
 	a := sqlArgs{q.OrgID}
 	conds, err := walkConditions(q, &a)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	walk := listWalk
-	if v.walk > 0 {
-		walk = v.walk
-	}
-	where := listRange(&a, p)
-	w, m := a.add(walk), a.add(n)
-	// The first branch is the walk. The second, the last key walked (hit is
-	// false), runs only if the first returns fewer than n keys: the LIMIT
-	// stops the Append before it otherwise.
-	sql := `SELECT ` + joinedKeyColumns + `, p.hit FROM (
-		(SELECT key_id, created_at, true AS hit FROM (
-			SELECT key_id, created_at, name, revoked_at, expires_at FROM key_list WHERE ` + where + `
-			ORDER BY created_at DESC, key_id DESC LIMIT ` + w + `) walked
+	sql := pageOf(`SELECT key_id, created_at FROM (
+			SELECT key_id, created_at, lname, revoked_at, expires_at FROM key_list WHERE ` + listRange(&a, p) + `
+			ORDER BY created_at DESC, key_id DESC LIMIT ` + a.add(walk) + `) walked
 		WHERE ` + strings.Join(conds, " AND ") + `
-		ORDER BY created_at DESC, key_id DESC LIMIT ` + m + `)
-		UNION ALL
-		(SELECT key_id, created_at, false FROM key_list WHERE ` + where + `
-		ORDER BY created_at DESC, key_id DESC OFFSET ` + w + ` - 1 LIMIT 1)
-		LIMIT ` + m + `) p
-	JOIN key_list k ON k.org_id = $1 AND k.key_id = p.key_id
-	ORDER BY p.created_at DESC, p.key_id DESC`
+		ORDER BY created_at DESC, key_id DESC LIMIT ` + a.add(n))
 	var keys []*domain.Key
-	var last *listPos
 	err = eventstore.QueryGeneric(ctx, v.pool, sql, a, func(rows pgx.Rows) error {
-		for rows.Next() {
-			var hit bool
-			k, err := scanKeyAnd(rows, &hit)
-			if err != nil {
-				return err
-			}
-			if hit {
-				keys = append(keys, k)
-			} else {
-				last = &listPos{k.CreatedAt, k.ID}
-			}
-		}
-		return rows.Err()
+		var err error
+		keys, err = pgx.CollectRows(rows, scanKey)
+		return err
 	})
-	return keys, last, err
+	return keys, err
+}
+
+// listLookup returns up to n of the organization's keys that match q, after
+// p if set, newest first, from all of their matches: Postgres gathers them
+// (by key_list_org_lname, unless it takes the term for a common one) before
+// it orders them, and reads the table only for the page's keys.
+func (v *Views) listLookup(ctx context.Context, q domain.KeyQuery, p *listPos, n int) ([]*domain.Key, error) {
+	a := sqlArgs{q.OrgID}
+	conds, err := listConditions(q, &a)
+	if err != nil {
+		return nil, err
+	}
+	return v.queryKeys(ctx, `WITH matches AS MATERIALIZED (
+		SELECT key_id, created_at FROM key_list WHERE `+listRange(&a, p)+` AND `+strings.Join(conds, " AND ")+`)
+	`+pageOf(`SELECT key_id, created_at FROM matches ORDER BY created_at DESC, key_id DESC LIMIT `+a.add(n)), a)
 }
 
 // GetKey returns one key of an organization, or a not_found error.

@@ -14,9 +14,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections"
 )
 
 const (
@@ -271,117 +274,46 @@ func printTerms(w io.Writer, r *loadRun) {
 	}
 }
 
-// listWalk is projections' listWalk (keep in step with it): how many of the
-// organization's newest keys the first statement of a search walks.
-const listWalk = 5000
-
-// listSQL holds the statements projections.Views.ListKeys sends for a search
-// with status=active (keep in step with it), as prepared statements:
-// bench_walk walks the newest listWalk keys, and bench_rest, which runs only
-// when the walk finds fewer keys than a page needs, lists those older than
-// the last key walked.
-const listSQL = `PREPARE bench_walk(text, text, timestamptz, bigint, bigint) AS
-SELECT k.org_id, k.key_id, k.name, k.masked, k.key_hash, k.created_at, k.expires_at, k.revoked_at, k.revoke_reason, k.version, p.hit FROM (
-	(SELECT key_id, created_at, true AS hit FROM (
-		SELECT key_id, created_at, name, revoked_at, expires_at FROM key_list WHERE org_id = $1
-		ORDER BY created_at DESC, key_id DESC LIMIT $4) walked
-	WHERE lower(name) LIKE (SELECT lower($2)) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
-	ORDER BY created_at DESC, key_id DESC LIMIT $5)
-	UNION ALL
-	(SELECT key_id, created_at, false FROM key_list WHERE org_id = $1
-	ORDER BY created_at DESC, key_id DESC OFFSET $4 - 1 LIMIT 1)
-	LIMIT $5) p
-JOIN key_list k ON k.org_id = $1 AND k.key_id = p.key_id
-ORDER BY p.created_at DESC, p.key_id DESC;
-PREPARE bench_rest(text, text, timestamptz, timestamptz, text, bigint) AS
-SELECT k.org_id, k.key_id, k.name, k.masked, k.key_hash, k.created_at, k.expires_at, k.revoked_at, k.revoke_reason, k.version FROM (
-	SELECT key_id, created_at FROM key_list
-	WHERE org_id = $1 AND (created_at, key_id) < ($4, $5) AND lower(name) LIKE lower($2) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
-	ORDER BY created_at DESC, key_id DESC LIMIT $6) p
-JOIN key_list k ON k.org_id = $1 AND k.key_id = p.key_id
-ORDER BY p.created_at DESC, p.key_id DESC`
-
-// explainList prints the plan and timing of the search's statements for each
-// term (bench_rest only where bench_walk does not fill the page), both as
-// custom plans (planned for the term, as ListKeys has bench_rest) and as
-// generic plans (as ListKeys has bench_walk, and as a cached prepared
-// statement may switch to after five executions).
+// explainList prints the plan and timing of each statement that
+// projections.Views.ListKeys sends for the first page of each search term
+// with status=active, as Postgres' auto_explain reports them to the session
+// (a superuser's: LOAD needs one), so that what is explained is what the
+// service runs.
 func (b *bench) explainList(ctx context.Context, ds *listDataset, w io.Writer) error {
-	// A connection of its own, so that the prepared statements and the
-	// setting never meet a pooled connection.
-	c, err := pgx.Connect(ctx, b.data.url)
+	pcfg, err := pgxpool.ParseConfig(b.data.url)
 	if err != nil {
 		return err
 	}
-	defer c.Close(context.Background())
-	if _, err := c.Exec(ctx, listSQL, pgx.QueryExecModeSimpleProtocol); err != nil {
-		return err
-	}
-	// The last key the walk reaches; none if the organization has fewer keys,
-	// and then the walk is all there is.
-	var lastAt time.Time
-	var lastID string
-	err = c.QueryRow(ctx, `SELECT created_at, key_id FROM key_list WHERE org_id = $1
-		ORDER BY created_at DESC, key_id DESC OFFSET $2 LIMIT 1`, ds.org, listWalk-1).Scan(&lastAt, &lastID)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return err
-	}
-	activeAfter := time.Now().Add(domain.ExpiresSoonWindow).UTC().Format(time.RFC3339Nano)
-	want := domain.DefaultPageSize + 1
-	explain := func(mode, t, stmt string) error {
-		rows, err := c.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS) "+stmt, pgx.QueryExecModeSimpleProtocol)
+	pcfg.MaxConns = 1
+	pcfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `LOAD 'auto_explain';
+			SET auto_explain.log_min_duration = 0; SET auto_explain.log_analyze = on;
+			SET auto_explain.log_buffers = on; SET auto_explain.log_level = notice;
+			SET client_min_messages = notice`)
 		if err != nil {
-			return err
-		}
-		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(w, "\n  EXPLAIN (%s plan) q=%q: %s\n", mode, t, stmt)
-		for _, l := range lines {
-			fmt.Fprintf(w, "    %s\n", l)
+			return fmt.Errorf("explain: load auto_explain (the bench database's user must be a superuser): %w", err)
 		}
 		return nil
 	}
-	for _, mode := range []string{"custom", "generic"} {
-		if _, err := c.Exec(ctx, "SET plan_cache_mode = force_"+mode+"_plan", pgx.QueryExecModeSimpleProtocol); err != nil {
-			return err
+	var term string
+	pcfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		if strings.Contains(n.Message, "set_config(") {
+			return // QueryGeneric's setting of plan_cache_mode
 		}
-		for _, t := range listSearchTerms {
-			like := literal("%" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(t) + "%")
-			walk := fmt.Sprintf("EXECUTE bench_walk(%s, %s, %s, %d, %d)", literal(ds.org), like, literal(activeAfter), listWalk, want)
-			if err := explain(mode, t, walk); err != nil {
-				return err
-			}
-			rows, err := c.Query(ctx, walk, pgx.QueryExecModeSimpleProtocol)
-			if err != nil {
-				return err
-			}
-			hits := 0
-			for rows.Next() {
-				v, err := rows.Values()
-				if err != nil {
-					rows.Close()
-					return err
-				}
-				if hit, _ := v[len(v)-1].(bool); hit {
-					hits++
-				}
-			}
-			if err := rows.Err(); err != nil {
-				return err
-			}
-			if hits < want && lastID != "" {
-				rest := fmt.Sprintf("EXECUTE bench_rest(%s, %s, %s, %s, %s, %d)", literal(ds.org), like, literal(activeAfter),
-					literal(lastAt.UTC().Format(time.RFC3339Nano)), literal(lastID), want-hits)
-				if err := explain(mode, t, rest); err != nil {
-					return err
-				}
-			}
+		fmt.Fprintf(w, "\n  q=%q: %s\n", term, strings.ReplaceAll(n.Message, "\n", "\n    "))
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	views := projections.NewViews(pool)
+	for _, term = range listSearchTerms {
+		_, err := views.ListKeys(ctx, domain.KeyQuery{OrgID: ds.org, Search: term, Status: domain.StatusActive,
+			Limit: domain.DefaultPageSize, Now: time.Now()})
+		if err != nil {
+			return fmt.Errorf("explain q=%q: %w", term, err)
 		}
 	}
 	return nil
 }
-
-// literal quotes s as an SQL string literal.
-func literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
