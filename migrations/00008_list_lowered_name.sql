@@ -4,7 +4,10 @@
 -- index alone, where it lowered every name it walked past. Lowering was most
 -- of a walk's cost: 20,000 keys took 13.3 ms with lower(name) LIKE, 6.8 ms
 -- with a plain LIKE and 5.0 ms with no test at all. The lookup still tests
--- lower(name), which key_list_org_lname serves.
+-- lower(name), which key_list_org_lname serves. lname is lower(name) as it
+-- was when the row was written: should the database's collation change its
+-- case rules (an operating system or ICU upgrade), REINDEX does not lower
+-- the names again; UPDATE key_list SET name = name, or a views rebuild, does.
 --
 -- Adding the column rewrites key_list and its indexes, under a lock that
 -- holds off the views' readers and writers until it is done (12 s for a

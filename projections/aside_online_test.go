@@ -228,3 +228,30 @@ func TestRebuildAsideLateEventsUseTheLedgerIndex(t *testing.T) {
 	require.Len(t, late, 1)
 	require.Equal(t, g.Key.ID, late[0].KeyID)
 }
+
+// TestRebuildAsideRefusesASchemaThatChangedMeanwhile: a migration that adds
+// a column to the live views while a rebuild replays (the new tables were
+// made like the old ones) makes the swap fail, the live views kept; a new
+// run rebuilds them with the column.
+func TestRebuildAsideRefusesASchemaThatChangedMeanwhile(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.populate(t, 20)
+	var migrated bool
+	err := projections.RebuildAsideWith(ctx, b.pool, 5, 5*time.Second, func(int) {
+		if !migrated {
+			migrated = true
+			_, err := b.pool.Exec(ctx, `ALTER TABLE key_list ADD COLUMN note text NOT NULL DEFAULT 'migrated'`)
+			require.NoError(t, err)
+		}
+	})
+	require.ErrorIs(t, err, projections.ErrSchemaChanged)
+	require.Contains(t, err.Error(), "nothing was swapped")
+	require.Zero(t, workSchemas(t, b), "the new tables were dropped")
+	before := dump(t, b.pool)
+	require.Contains(t, before[0], "migrated", "the live views, with their new column, are in place")
+
+	require.NoError(t, projections.RebuildAsideWith(ctx, b.pool, 5, 5*time.Second, nil))
+	require.Equal(t, before, dump(t, b.pool))
+}

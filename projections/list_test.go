@@ -62,7 +62,7 @@ func TestListSearchPagesAlikeWhereverTheWalkStops(t *testing.T) {
 	plans := []plan{
 		{1, 1, 1}, {1, 1, 3}, {2, 1, 2}, {2, 2, 5}, {5, 1, 4}, {5, 2, 16}, {5, 3, 100},
 		{16, 1, 1}, {16, 4, 8}, {16, 100, 1}, // walk, then look up
-		{1, 100, 1}, {100, 1, 100}, // look up at once; walk for all
+		{1, 100, 1}, {100, 1, 100}, // look up after the first key; walk for all
 		{},
 	}
 	for _, pl := range plans {

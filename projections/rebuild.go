@@ -16,10 +16,26 @@ const rebuildBatch = 5000
 
 // Rebuild empties the list and lookup views and replays the whole log into
 // them, in one transaction: readers see the old views until it commits, and
-// commands that append meanwhile wait for it, then apply on top.
+// commands that append meanwhile wait for it, then apply on top. Then it
+// vacuums them (see vacuum).
 // progress, if not nil, is called after each batch with the number of events
 // replayed so far.
 func Rebuild(ctx context.Context, pool *pgxpool.Pool, progress func(events int)) error {
+	if err := replay(ctx, pool, progress); err != nil {
+		return err
+	}
+	var live string
+	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&live); err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	if err := vacuum(ctx, pool, live); err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	return nil
+}
+
+// replay is Rebuild's transaction.
+func replay(ctx context.Context, pool *pgxpool.Pool, progress func(events int)) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `TRUNCATE key_list, key_lookup`); err != nil {
 			return fmt.Errorf("rebuild: %w", err)

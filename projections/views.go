@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -88,12 +89,14 @@ var defaultSearchPlan = searchPlan{sample: 2000, dense: 10, most: 10000}
 //     (a MATERIALIZED CTE), so that Postgres does not walk for them, unless
 //     it takes the term for a common one over the whole organization.
 //
-// The page is the one a single query would return: each step returns, in
-// list order, every match among the keys it tests, or the first ones if
-// they fill the page, and the next step starts strictly after the last key
-// returned (testing again the keys past it that did not match). A key
-// created in between is newer than the cursor, and lies outside every step.
-// The next cursor is the page's last key, as always. A list without a
+// The page is the one a single query would return, but for keys written
+// between the steps: each step returns, in list order, every match among
+// the keys it tests, or the first ones if they fill the page, and the next
+// step starts strictly after the last key returned (testing again the keys
+// past it that did not match). The next cursor is the page's last key, as
+// always. In an organization of fewer keys than the sample, a search that
+// does not fill its page still takes the later steps, on what is left: no
+// key at all for the walk, none older for the lookup. A list without a
 // search takes one query: a status filter alone has no such choice to get
 // wrong.
 func (v *Views) ListKeys(ctx context.Context, q domain.KeyQuery) (domain.KeyPage, error) {
@@ -140,7 +143,7 @@ func (v *Views) listSearch(ctx context.Context, q domain.KeyQuery, p *listPos, n
 	if err != nil || len(keys) == n {
 		return keys, err
 	}
-	if len(keys) >= s.dense {
+	if len(keys) > 0 && len(keys) >= s.dense {
 		need := n - len(keys)
 		// Room for twice the matches the page needs, and ten more: with
 		// few needed, the gap to the next one varies most (171 keys, where
@@ -183,14 +186,23 @@ func (a *sqlArgs) add(v any) string {
 	return "$" + strconv.Itoa(len(*a))
 }
 
-// listConditions returns the conditions of q's search and status, on
-// columns that key_list_newest holds, adding their values to a. The search
-// is lower(name) LIKE lower(pattern), which is what ILIKE does in a
-// multibyte encoding (Postgres lowers both sides, then matches), and which
-// key_list_org_lname serves. It relies on name having the database's
-// default collation (lower($n) lowers with it), as the migrations leave it.
+// listConditions returns the conditions of q's search and status, adding
+// their values to a. The status is tested on columns that key_list_newest
+// holds. The search is lower(name) LIKE lower(pattern), which is what ILIKE
+// does in a multibyte encoding (Postgres lowers both sides, then matches),
+// and which key_list_org_lname serves. It relies on name having the
+// database's default collation (lower($n) lowers with it), as the
+// migrations leave it, and lname is lower(name) as it was when the key was
+// written.
 func listConditions(q domain.KeyQuery, a *sqlArgs) ([]string, error) {
 	return conditions(q, a, func(pattern string) string { return "lower(name) LIKE lower(" + pattern + ")" })
+}
+
+// shortConditions are listConditions for a term shorter than a trigram,
+// which key_list_org_lname cannot look up: they test lname, so that
+// key_list_newest serves the whole test (an index-only scan).
+func shortConditions(q domain.KeyQuery, a *sqlArgs) ([]string, error) {
+	return conditions(q, a, func(pattern string) string { return "lname LIKE lower(" + pattern + ")" })
 }
 
 // walkConditions are listConditions for a walk, which key_list_newest
@@ -308,10 +320,17 @@ func (v *Views) listWalk(ctx context.Context, q domain.KeyQuery, p *listPos, wal
 // listLookup returns up to n of the organization's keys that match q, after
 // p if set, newest first, from all of their matches: Postgres gathers them
 // (by key_list_org_lname, unless it takes the term for a common one) before
-// it orders them, and reads the table only for the page's keys.
+// it orders them, and reads the table only for the page's keys. A term of
+// fewer than three characters has no trigram to look up (pg_trgm may find
+// one where it starts a word, as in "-4", but one that most names hold), so
+// the organization's keys are tested one by one, in key_list_newest.
 func (v *Views) listLookup(ctx context.Context, q domain.KeyQuery, p *listPos, n int) ([]*domain.Key, error) {
 	a := sqlArgs{q.OrgID}
-	conds, err := listConditions(q, &a)
+	lookup := listConditions
+	if utf8.RuneCountInString(q.Search) < 3 {
+		lookup = shortConditions
+	}
+	conds, err := lookup(q, &a)
 	if err != nil {
 		return nil, err
 	}

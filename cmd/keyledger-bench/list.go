@@ -307,6 +307,9 @@ func (b *bench) explainList(ctx context.Context, ds *listDataset, w io.Writer) e
 		return err
 	}
 	defer pool.Close()
+	if err := pool.Ping(ctx); err != nil { // connects, loading auto_explain
+		return err
+	}
 	views := projections.NewViews(pool)
 	for _, term = range listSearchTerms {
 		_, err := views.ListKeys(ctx, domain.KeyQuery{OrgID: ds.org, Search: term, Status: domain.StatusActive,

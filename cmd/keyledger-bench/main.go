@@ -227,7 +227,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.listClients, "list-clients", 4, "list: concurrent HTTP clients")
 	fs.IntVar(&c.listOrgKeys, "list-org-keys", 100000, "list: keys of the organization that is listed")
 	fs.IntVar(&c.listTotalKeys, "list-total-keys", 1000000, "list: keys in the table overall, the listed organization's included")
-	fs.BoolVar(&c.explain, "explain", false, "list: after the run, print the plan and timing (auto_explain, which needs a superuser) of each statement of the first page of each search term")
+	fs.BoolVar(&c.explain, "explain", false, "list: after the run, print the plan and timing (auto_explain, which needs a superuser) of each statement of the first page of each search term, with status=active")
 	natsURL := getenv("KEYLEDGER_NATS_URL")
 	fs.StringVar(&c.natsURL, "nats-url", natsURL, "NATS server with JetStream for the notices (env KEYLEDGER_NATS_URL); empty: an embedded server in a temporary directory")
 	fs.BoolVar(&c.natsSyncAlways, "nats-sync-always", false, "embedded NATS: fsync every JetStream message, as keyledger serve's embedded server does (default: nats-server's own, sync every 2 min)")
