@@ -135,8 +135,8 @@ func rebuildAside(ctx context.Context, pool *pgxpool.Pool, opts asideOptions, pr
 }
 
 // prepareAside makes the empty new tables, with the live tables' columns,
-// defaults, generated columns, checks, and primary and unique keys (the projectors' ON CONFLICT
-// needs them during the replay).
+// defaults, generated columns, checks, and primary and unique keys (the
+// projectors' ON CONFLICT needs them during the replay).
 func prepareAside(ctx context.Context, pool *pgxpool.Pool, live string) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		stmts := []string{
@@ -283,17 +283,18 @@ func indexAside(ctx context.Context, pool *pgxpool.Pool, live string) error {
 			return fmt.Errorf("%s: %w", d, err)
 		}
 	}
-	return vacuum(ctx, pool, rebuildSchema)
+	return vacuum(ctx, pool, rebuildSchema+".")
 }
 
-// vacuum runs VACUUM (ANALYZE) on the views in schema: it gives the planner
-// their statistics, and marks their pages all-visible, without which a walk
-// of key_list_newest reads every key it passes from the table as well (a
-// search's p99 under the bench's load was 25.7 ms before it, 13.3 ms after).
-// It cannot run in a transaction.
-func vacuum(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+// vacuum runs VACUUM (ANALYZE) on the views, their names prefixed by in (a
+// schema and a dot; none for the ones the search path finds): it gives the
+// planner their statistics, and marks their pages all-visible, without
+// which a walk of key_list_newest reads every key it passes from the table
+// as well (a search's p99 under the bench's load was 25.7 ms before it,
+// 13.3 ms after). It cannot run in a transaction.
+func vacuum(ctx context.Context, pool *pgxpool.Pool, in string) error {
 	for _, t := range viewTables {
-		if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) `+pgx.Identifier{schema, t}.Sanitize()); err != nil {
+		if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) `+in+t); err != nil {
 			return err
 		}
 	}

@@ -24,11 +24,7 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, progress func(events int))
 	if err := replay(ctx, pool, progress); err != nil {
 		return err
 	}
-	var live string
-	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&live); err != nil {
-		return fmt.Errorf("rebuild: %w", err)
-	}
-	if err := vacuum(ctx, pool, live); err != nil {
+	if err := vacuum(ctx, pool, ""); err != nil {
 		return fmt.Errorf("rebuild: %w", err)
 	}
 	return nil

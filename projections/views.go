@@ -145,7 +145,7 @@ func (v *Views) listSearch(ctx context.Context, q domain.KeyQuery, p *listPos, n
 	if err != nil || len(keys) == n {
 		return keys, err
 	}
-	if len(keys) > 0 && len(keys) >= s.dense {
+	if len(keys) >= s.dense { // dense is at least 1
 		need := n - len(keys)
 		// Room for twice the matches the page needs, and ten more: with
 		// few needed, the gap to the next one varies most (171 keys, where
