@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -247,6 +248,23 @@ func newPool(ctx context.Context, url string, conns int32) (*pgxpool.Pool, error
 		return nil, fmt.Errorf("connect to the bench database: %w", err)
 	}
 	return pool, nil
+}
+
+// usesTLS tells whether a connection made as url says (to the server's
+// "postgres" database, which is always there) runs over TLS.
+func usesTLS(ctx context.Context, url string) (bool, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return false, err
+	}
+	cfg.Database = "postgres"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return false, fmt.Errorf("connect to Postgres to see whether it uses TLS: %w", err)
+	}
+	defer conn.Close(ctx)
+	_, ok := conn.PgConn().Conn().(*tls.Conn)
+	return ok, nil
 }
 
 // dropDatabase drops the database url names, from the server's "postgres"

@@ -322,6 +322,15 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 	}
 	fmt.Fprintf(stdout, "keyledger-bench: bench databases %q (list data set, kept) and %q (scratch, new each run) at %s; the service's database %q is never touched\n",
 		cfg.benchDB, cfg.scratchDB, redactURL(cfg.benchURL), serviceDB(cfg.databaseURL))
+	tlsOn, err := usesTLS(ctx, cfg.benchURL)
+	if err != nil {
+		return nil, err
+	}
+	if tlsOn {
+		fmt.Fprintln(stdout, "keyledger-bench: Postgres connections use TLS (the URL's sslmode allows it and the server offers it); the service's default URL sets sslmode=disable. TLS costs the raw baselines per statement and the service per group: compare runs made alike")
+	} else {
+		fmt.Fprintln(stdout, "keyledger-bench: Postgres connections without TLS, as the service's default URL (sslmode=disable)")
+	}
 	fmt.Fprintf(stdout, "keyledger-bench: %d CPUs shared by the load generator, the service and Postgres; %s per measured run and per baseline, in %d alternating rounds, after %s of warm-up each\n",
 		runtime.NumCPU(), cfg.duration, cfg.rounds, cfg.warmup)
 
@@ -379,6 +388,7 @@ func runScenarios(ctx context.Context, cfg config, stdout, stderr io.Writer) ([]
 		if err != nil {
 			return results, fmt.Errorf("%s: %w", name, err)
 		}
+		r.PgTLS = tlsOn
 		results = append(results, r)
 	}
 	return results, nil

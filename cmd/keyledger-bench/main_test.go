@@ -8,10 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keyledger/keyledger/domain"
@@ -108,7 +110,7 @@ func runScenario(t *testing.T, args ...string) (int, map[string]any) {
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	var line map[string]any
 	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &line), "the last line is the JSON line")
-	for _, f := range []string{"scenario", "value", "baseline", "ratio", "target", "ok", "unit", "criterion", "requests", "loadavg_1m"} {
+	for _, f := range []string{"scenario", "value", "baseline", "ratio", "target", "ok", "unit", "criterion", "requests", "loadavg_1m", "pg_tls"} {
 		require.Contains(t, line, f)
 	}
 	require.Equal(t, code == 0, line["ok"], "the exit status follows the verdict")
@@ -287,6 +289,30 @@ func TestBuildKeyUsesTheDomainFormat(t *testing.T) {
 		require.NoError(t, err)
 		require.NotContains(t, string(b), k.secret, "no plaintext in events")
 	}
+}
+
+func TestUsesTLSFollowsTheURLsSSLMode(t *testing.T) {
+	t.Parallel()
+	u, err := url.Parse(pgtest.URL())
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("sslmode", "disable")
+	u.RawQuery = q.Encode()
+	on, err := usesTLS(t.Context(), u.String())
+	require.NoError(t, err)
+	require.False(t, on, "sslmode=disable")
+	// Whether the server offers TLS is its own setting: with sslmode=prefer,
+	// the answer must be what a connection made the same way sees.
+	q.Set("sslmode", "prefer")
+	u.RawQuery = q.Encode()
+	on, err = usesTLS(t.Context(), u.String())
+	require.NoError(t, err)
+	var offered bool
+	conn, err := pgx.Connect(t.Context(), u.String())
+	require.NoError(t, err)
+	defer conn.Close(t.Context())
+	require.NoError(t, conn.QueryRow(t.Context(), `SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()`).Scan(&offered))
+	require.Equal(t, offered, on, "sslmode=prefer")
 }
 
 func TestThousands(t *testing.T) {

@@ -68,6 +68,12 @@ type result struct {
 	// LoadAvg1m is the machine's 1-minute load average when the scenario
 	// started: other work on the machine makes every figure noisier.
 	LoadAvg1m float64 `json:"loadavg_1m"`
+	// PgTLS says whether the bench's connections to Postgres use TLS (the
+	// URL's sslmode: prefer, pgx's default, takes it when the server offers
+	// it). A baseline of single-statement transactions pays it per
+	// operation where the service pays it per group, so that generate's
+	// ratio is higher with TLS (see BENCHMARKS.md).
+	PgTLS bool `json:"pg_tls"`
 }
 
 // measured fills the fields of a result that every scenario reports the
