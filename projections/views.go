@@ -342,13 +342,10 @@ func (v *Views) GetKey(ctx context.Context, orgID, keyID string) (*domain.Key, e
 	return k, nil
 }
 
-func scanKey(row pgx.CollectableRow) (*domain.Key, error) { return scanKeyAnd(row) }
-
-// scanKeyAnd reads a row of keyColumns, then of the columns more are for.
-func scanKeyAnd(row pgx.Row, more ...any) (*domain.Key, error) {
+func scanKey(row pgx.CollectableRow) (*domain.Key, error) {
 	k := &domain.Key{}
 	var h []byte
-	err := row.Scan(append([]any{&k.OrgID, &k.ID, &k.Name, &k.Masked, &h, &k.CreatedAt, &k.ExpiresAt, &k.RevokedAt, &k.RevokeReason, &k.Version}, more...)...)
+	err := row.Scan(&k.OrgID, &k.ID, &k.Name, &k.Masked, &h, &k.CreatedAt, &k.ExpiresAt, &k.RevokedAt, &k.RevokeReason, &k.Version)
 	copy(k.Hash[:], h)
 	normalize(k)
 	return k, err

@@ -250,15 +250,23 @@ func newPool(ctx context.Context, url string, conns int32) (*pgxpool.Pool, error
 	return pool, nil
 }
 
-// usesTLS tells whether a connection made as url says (to the server's
-// "postgres" database, which is always there) runs over TLS.
-func usesTLS(ctx context.Context, url string) (bool, error) {
+// connectAdmin connects as url says, but to the server's "postgres"
+// database, which is always there, and returns the name of the database url
+// names.
+func connectAdmin(ctx context.Context, url string) (*pgx.Conn, string, error) {
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
-		return false, err
+		return nil, "", err
 	}
+	name := cfg.Database
 	cfg.Database = "postgres"
 	conn, err := pgx.ConnectConfig(ctx, cfg)
+	return conn, name, err
+}
+
+// usesTLS tells whether a connection made as url says runs over TLS.
+func usesTLS(ctx context.Context, url string) (bool, error) {
+	conn, _, err := connectAdmin(ctx, url)
 	if err != nil {
 		return false, fmt.Errorf("connect to Postgres to see whether it uses TLS: %w", err)
 	}
@@ -270,14 +278,7 @@ func usesTLS(ctx context.Context, url string) (bool, error) {
 // dropDatabase drops the database url names, from the server's "postgres"
 // database, disconnecting its sessions.
 func dropDatabase(ctx context.Context, url string) error {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return err
-	}
-	name := cfg.Database
-	admin := cfg.Copy()
-	admin.Database = "postgres"
-	conn, err := pgx.ConnectConfig(ctx, admin)
+	conn, name, err := connectAdmin(ctx, url)
 	if err != nil {
 		return fmt.Errorf("connect to postgres to drop %q: %w", name, err)
 	}
